@@ -1175,10 +1175,10 @@ option_table! {
     .read_at_start(),
     OutcomeWebhookUrl => opt(
         "outcome_webhook_url",
-        Kind::Str,
+        Kind::HttpUrl,
         None,
         GLOBAL_DOMAIN,
-        "URL herald POSTs the domain's final outcomes to, in batches, signed with `outcome_webhook_secret` (docs/api.md \"Outcome webhooks\"); unset: none; a herald addition.",
+        "URL herald POSTs the domain's final outcomes to, in batches, signed with `outcome_webhook_secret` (docs/api.md \"Outcome webhooks\"): an `http://` or `https://` URL (the scheme in any case) with a host, checked at load (another scheme, or text that is not such a URL, is an error); unset or empty: none; a herald addition.",
     )
     .domain_only_at_top_level(),
     OutcomeWebhookSecret => opt(

@@ -49,6 +49,9 @@ pub enum Kind {
     Cidrs,
     /// A single IP address.
     Ip,
+    /// An `http://` or `https://` URL (scheme in any case) with a host, checked as a web client would read it
+    /// ([`check_http_url`]); an empty string stands for no URL.
+    HttpUrl,
 }
 
 impl Kind {
@@ -73,6 +76,7 @@ impl Kind {
             Kind::MaxRetries => "auto | none | integer".into(),
             Kind::Cidrs => "list of IPs/CIDRs".into(),
             Kind::Ip => "IP address".into(),
+            Kind::HttpUrl => "http(s) URL".into(),
         }
     }
 
@@ -229,6 +233,142 @@ fn split_host_port(authority: &str) -> Result<(&str, Option<&str>), RouteError> 
         Some((h, p)) => (h, Some(p)),
         None => (authority, None),
     })
+}
+
+/// Why a URL was refused as an `http://` or `https://` URL ([`Kind::HttpUrl`]). The URL itself is not repeated:
+/// it may carry a password or a key.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum HttpUrlError {
+    #[error("expected an http:// or https:// URL, such as https://hooks.example/herald")]
+    NoScheme,
+    #[error("unsupported scheme `{0}`: only http:// and https:// URLs can be posted to")]
+    Scheme(String),
+    #[error("a URL takes no blanks or control characters (write a blank in its path as %20)")]
+    Blank,
+    #[error("the URL has no host")]
+    NoHost,
+    #[error(
+        "host `{0}` is neither a DNS name nor an IP address (an IPv6 address goes in brackets: \
+         https://[2001:db8::1]/hook)"
+    )]
+    Host(String),
+    #[error("bad port `{0}` (expected 1..65535)")]
+    Port(String),
+}
+
+/// Checks that `s` is an `http://` or `https://` URL (the scheme in any case) that a web client reads as written:
+/// a host that is a DNS name, an IPv4 address or a bracketed IPv6 address, an optional port 1..65535, optional user
+/// information, and no blanks or control characters anywhere. Anything else would be refused by the client at every
+/// attempt, or sent somewhere not meant.
+pub fn check_http_url(s: &str) -> Result<(), HttpUrlError> {
+    let (scheme, rest) = s.split_once("://").ok_or(HttpUrlError::NoScheme)?;
+    if !scheme.eq_ignore_ascii_case("http") && !scheme.eq_ignore_ascii_case("https") {
+        return Err(if scheme.is_empty() || scheme.contains([' ', '/']) {
+            HttpUrlError::NoScheme
+        } else {
+            HttpUrlError::Scheme(scheme.to_owned())
+        });
+    }
+    if s.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(HttpUrlError::Blank);
+    }
+    // A web client ends the authority at a backslash as at a slash (for http and https).
+    let authority = rest.split(['/', '\\', '?', '#']).next().unwrap_or(rest);
+    let host_port = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    let (host, port) = if let Some(bracketed) = host_port.strip_prefix('[') {
+        let (host, after) = bracketed
+            .split_once(']')
+            .ok_or_else(|| HttpUrlError::Host(host_port.to_owned()))?;
+        if host.parse::<std::net::Ipv6Addr>().is_err() {
+            return Err(HttpUrlError::Host(host.to_owned()));
+        }
+        match after.strip_prefix(':') {
+            Some(p) => (host, Some(p)),
+            None if after.is_empty() => (host, None),
+            None => return Err(HttpUrlError::Port(after.to_owned())),
+        }
+    } else {
+        let (host, port) = match host_port.rsplit_once(':') {
+            Some((h, p)) => (h, Some(p)),
+            None => (host_port, None),
+        };
+        check_url_host(host)?;
+        (host, port)
+    };
+    if host.is_empty() {
+        return Err(HttpUrlError::NoHost);
+    }
+    match port {
+        Some(p) if !matches!(p.parse::<u16>(), Ok(n) if n > 0 && p.bytes().all(|b| b.is_ascii_digit())) => {
+            Err(HttpUrlError::Port(p.to_owned()))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// A host written without brackets: letters (any script), digits, `.`, `-`, `_` and `~`; one whose last label is a
+/// number must be an IPv4 address, as a web client reads it (`192.0.2.300` is refused, not looked up).
+fn check_url_host(host: &str) -> Result<(), HttpUrlError> {
+    let bad = || HttpUrlError::Host(host.to_owned());
+    if host.is_empty() {
+        return Err(HttpUrlError::NoHost);
+    }
+    if !host
+        .chars()
+        .all(|c| c.is_alphanumeric() || matches!(c, '.' | '-' | '_' | '~'))
+    {
+        return Err(bad());
+    }
+    let labels = host.strip_suffix('.').unwrap_or(host);
+    let last = labels.rsplit('.').next().unwrap_or(labels);
+    let numeric = |l: &str| {
+        !l.is_empty()
+            && (l.bytes().all(|b| b.is_ascii_digit())
+                || l.strip_prefix("0x")
+                    .or_else(|| l.strip_prefix("0X"))
+                    .is_some_and(|h| h.bytes().all(|b| b.is_ascii_hexdigit())))
+    };
+    if numeric(last) && !is_url_ipv4(labels) {
+        return Err(bad());
+    }
+    Ok(())
+}
+
+/// Whether `host` is an IPv4 address in one of the forms a web client reads (`192.0.2.1`, `127.1`, `0x7f.1`,
+/// `0177.0.0.1`, `2130706433`): one to four parts, decimal, `0x` hexadecimal or `0` octal, each but the last at
+/// most 255, the last filling the bytes left.
+fn is_url_ipv4(host: &str) -> bool {
+    let parts: Vec<&str> = host.split('.').collect();
+    if parts.len() > 4 {
+        return false;
+    }
+    let number = |p: &str| -> Option<u64> {
+        let (digits, radix) = if let Some(h) = p.strip_prefix("0x").or_else(|| p.strip_prefix("0X"))
+        {
+            (h, 16)
+        } else if p.len() > 1 && p.starts_with('0') {
+            (&p[1..], 8)
+        } else {
+            (p, 10)
+        };
+        if digits.is_empty() {
+            // `0x` alone is zero.
+            return (radix == 16).then_some(0);
+        }
+        u64::from_str_radix(digits, radix).ok()
+    };
+    let Some(values) = parts
+        .iter()
+        .map(|p| number(p))
+        .collect::<Option<Vec<u64>>>()
+    else {
+        return false;
+    };
+    let (last, first) = match values.split_last() {
+        Some(v) => v,
+        None => return false,
+    };
+    first.iter().all(|&v| v <= 255) && *last < 1u64 << (8 * (5 - values.len()))
 }
 
 /// `max_retries`: how many retries before a notification fails permanently.
@@ -450,6 +590,11 @@ fn parse_scalar(kind: Kind, s: &str) -> Result<Value, String> {
             .parse::<std::net::IpAddr>()
             .map(|ip| Value::Str(ip.to_string()))
             .map_err(|_| "expected an IP address".into()),
+        // An empty value stands for no URL (a domain's way to drop one set globally).
+        Kind::HttpUrl if s.is_empty() => Ok(Value::Str(String::new())),
+        Kind::HttpUrl => check_http_url(s)
+            .map(|()| Value::Str(s.to_string()))
+            .map_err(|e| e.to_string()),
         Kind::List | Kind::Words(_) | Kind::Routes | Kind::Cidrs | Kind::Pairs => {
             Err("internal: not a scalar kind".into())
         }
@@ -493,7 +638,13 @@ pub fn parse_value(kind: Kind, raw: &RawValue) -> Result<Value, ValueError> {
     };
     let item_err = |s: &Scalar, reason: String| ValueError {
         at: s.pos,
-        text: s.text.clone(),
+        // A URL's password and query are not repeated in an error (they may be secrets).
+        text: match kind {
+            Kind::HttpUrl => {
+                crate::secrets::mask_url_credentials(&s.text).unwrap_or_else(|| s.text.clone())
+            }
+            _ => s.text.clone(),
+        },
         reason,
     };
     match kind {
@@ -651,6 +802,55 @@ mod tests {
             "{}",
             err.reason
         );
+    }
+
+    /// http(s) URLs as a web client reads them: the scheme in any case, IPv4 in its short forms, bracketed IPv6;
+    /// other schemes, blanks, a missing host, a bad port or host refused; the empty value is no URL.
+    #[test]
+    fn http_urls() {
+        for ok in [
+            "https://hooks.example/h",
+            "HTTP://192.0.2.2:28118/hook",
+            "hTTps://u:p@hooks.example:1/x?y#z",
+            "http://[::1]/h",
+            "http://127.1",
+            "http://0x7f.0.0.1/",
+            "http://2130706433/",
+            "http://hooks.example\\path",
+            "https://bücher.example/",
+        ] {
+            assert_eq!(check_http_url(ok), Ok(()), "{ok}");
+        }
+        let refused = [
+            ("ftp://h.example", HttpUrlError::Scheme("ftp".into())),
+            ("not a url", HttpUrlError::NoScheme),
+            ("://h.example", HttpUrlError::NoScheme),
+            ("https://", HttpUrlError::NoHost),
+            ("https://u:p@/h", HttpUrlError::NoHost),
+            ("https://h.example/a b", HttpUrlError::Blank),
+            (
+                "https://h.example:65536",
+                HttpUrlError::Port("65536".into()),
+            ),
+            ("https://h.example:+80", HttpUrlError::Port("+80".into())),
+            ("https://[::1]x", HttpUrlError::Port("x".into())),
+            ("https://[::1", HttpUrlError::Host("[::1".into())),
+            ("https://256.1.1.1", HttpUrlError::Host("256.1.1.1".into())),
+            ("https://1.2.3.4.5", HttpUrlError::Host("1.2.3.4.5".into())),
+            (
+                "https://h%41.example",
+                HttpUrlError::Host("h%41.example".into()),
+            ),
+        ];
+        for (url, want) in refused {
+            assert_eq!(check_http_url(url), Err(want), "{url}");
+        }
+        assert_eq!(
+            parse_value(Kind::HttpUrl, &scalar("")).unwrap(),
+            Value::Str(String::new())
+        );
+        let e = parse_value(Kind::HttpUrl, &scalar("ftp://u:pw@h.example/?k=key")).unwrap_err();
+        assert_eq!(e.text, "ftp://u:********@h.example/?********");
     }
 
     #[test]

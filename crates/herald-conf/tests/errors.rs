@@ -515,3 +515,53 @@ fn an_empty_control_password_refuses_the_configuration() {
     assert_eq!((l, c), (3, 5));
     assert!(m.contains("control_password is empty"), "{m}");
 }
+
+/// `outcome_webhook_url` takes only an http:// or https:// URL a web client can post to (the scheme in any case):
+/// anything else is an error at its line naming the option and what is wrong, instead of a webhook that fails at
+/// every attempt. A password or query in the URL is not repeated.
+#[test]
+fn an_outcome_webhook_url_must_be_an_http_url() {
+    let cases = [
+        ("ftp://hooks.example/h", "unsupported scheme `ftp`"),
+        ("not a url", "expected an http:// or https:// URL"),
+        ("hooks.example/h", "expected an http:// or https:// URL"),
+        ("https://", "no host"),
+        ("https:///path", "no host"),
+        ("https://hooks example/h", "blanks"),
+        ("https://hooks.example:0/h", "bad port `0`"),
+        ("https://hooks.example:99999/h", "bad port `99999`"),
+        ("https://hooks.example:x/h", "bad port `x`"),
+        ("https://192.0.2.300/h", "host `192.0.2.300`"),
+        ("https://hooks!.example/h", "host `hooks!.example`"),
+        ("https://[::g]/h", "host `::g`"),
+    ];
+    for (url, want) in cases {
+        let text = format!("domain \"a.example\" {{\n  outcome_webhook_url = \"{url}\"\n}}\n");
+        let (line, _, m) = single(&text);
+        assert_eq!(line, 2, "{url}: {m}");
+        assert!(m.contains("outcome_webhook_url"), "{url}: {m}");
+        assert!(m.contains(want), "{url}: {want:?} not in {m}");
+    }
+    let shown =
+        errors("outcome_webhook_url = \"ftp://hook:s3cr3t@hooks.example/h?key=k3y\"\n").to_string();
+    assert!(shown.contains("t.conf:1:"), "{shown}");
+    assert!(
+        !shown.contains("s3cr3t") && !shown.contains("k3y"),
+        "{shown}"
+    );
+
+    for url in [
+        "HTTP://192.0.2.2:28118/hook",
+        "https://hooks.example/h?key=k",
+        "Https://user:pw@hooks.example:8443/a/b#f",
+        "http://[2001:db8::1]:8080/h",
+        "http://127.1/h",
+        "https://hooks.example./h",
+        "",
+    ] {
+        let text = format!("domain \"a.example\" {{\n  outcome_webhook_url = \"{url}\"\n}}\n");
+        if let Err(d) = Config::parse_str("t.conf", &text) {
+            panic!("{url:?} refused: {d}");
+        }
+    }
+}

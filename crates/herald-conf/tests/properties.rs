@@ -104,6 +104,15 @@ fn value_for(kind: Kind) -> BoxedStrategy<String> {
                 format!("( {} )", items.join(" "))
             })
             .boxed(),
+        Kind::HttpUrl => (
+            "(http|HTTPS|https)",
+            "[a-z]{1,8}",
+            "(/[a-z0-9._~-]{0,8}){0,2}",
+        )
+            .prop_map(|(scheme, host, path)| {
+                render_value(&format!("{scheme}://{host}.example{path}"), true)
+            })
+            .boxed(),
         Kind::Ip => any::<[u8; 4]>()
             .prop_map(|a| format!("{}.{}.{}.{}", a[0], a[1], a[2], a[3]))
             .boxed(),
@@ -216,23 +225,65 @@ fn config() -> impl Strategy<Value = String> {
         ScopeKind::Peer,
         none(),
     );
-    let listen = named(
-        "listen",
-        vec![":25", "127.0.0.1:2525", "[::1]:26", "/tmp/herald.sock"],
-        ScopeKind::Listen,
-        prop::collection::vec(peer.clone(), 0..2).boxed(),
-    );
-    let listener = (
-        prop::sample::select(vec![
-            ("esmtp_listener", ScopeKind::EsmtpListener),
-            ("http_listener", ScopeKind::HttpListener),
-            ("control_listener", ScopeKind::ControlListener),
-        ]),
-        prop::collection::vec(prop_oneof![listen, peer], 0..3),
-    )
-        .prop_flat_map(|((kw, kind), kids)| {
-            settings(kind, 3).prop_map(move |lines| scope(kw, None, lines, kids.clone()))
-        });
+    // Each kind of listener its own addresses: two listen stanzas taking one socket are refused.
+    let listen = |addresses: Vec<&'static str>| {
+        named(
+            "listen",
+            addresses,
+            ScopeKind::Listen,
+            prop::collection::vec(peer.clone(), 0..2).boxed(),
+        )
+    };
+    let listener = prop_oneof![
+        (
+            Just(("esmtp_listener", ScopeKind::EsmtpListener)),
+            prop::collection::vec(
+                prop_oneof![
+                    listen(vec![
+                        ":25",
+                        "127.0.0.1:2525",
+                        "[::1]:26",
+                        "/tmp/herald-smtp.sock"
+                    ]),
+                    peer.clone()
+                ],
+                0..3
+            ),
+        ),
+        (
+            Just(("http_listener", ScopeKind::HttpListener)),
+            prop::collection::vec(
+                prop_oneof![
+                    listen(vec![
+                        ":80",
+                        "127.0.0.1:2081",
+                        "[::1]:81",
+                        "/tmp/herald-http.sock"
+                    ]),
+                    peer.clone()
+                ],
+                0..3
+            ),
+        ),
+        (
+            Just(("control_listener", ScopeKind::ControlListener)),
+            prop::collection::vec(
+                prop_oneof![
+                    listen(vec![
+                        ":2025",
+                        "127.0.0.1:2026",
+                        "[::1]:2027",
+                        "/tmp/herald.sock"
+                    ]),
+                    peer.clone()
+                ],
+                0..3
+            ),
+        ),
+    ]
+    .prop_flat_map(|((kw, kind), kids)| {
+        settings(kind, 3).prop_map(move |lines| scope(kw, None, lines, kids.clone()))
+    });
     let module = prop_oneof![
         settings(ScopeKind::Apn, 2).prop_map(|l| scope("apn", None, l, vec![])),
         (

@@ -144,6 +144,13 @@ struct Store {
 impl Store {
     fn open(dir: &Path, options: FjallOptions, tuning: Tuning) -> Result<Store, SpoolError> {
         const CTX: &str = "opening the spool store";
+        // Created here for herald's user only, before fjall would create it with the umask's mode: its files hold
+        // device tokens and payloads.
+        let fjall_dir = dir.join(FJALL_DIR);
+        crate::state_dir::create_dir(&fjall_dir).map_err(|e| SpoolError::Open {
+            path: fjall_dir,
+            source: std::sync::Arc::new(e),
+        })?;
         for name in PARTITIONS {
             lift_memtable_limit(&dir.join(FJALL_DIR), name)?;
         }

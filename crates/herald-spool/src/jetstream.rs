@@ -276,6 +276,8 @@ pub struct JetStreamSpool {
     /// `max_parked` of them ([`JetStreamSpool::park`]).
     parked: std::sync::atomic::AtomicI64,
     last_error: Mutex<Option<SpoolError>>,
+    /// Why the NATS client's last attempt to connect failed, while it has no connection ([`ConnectFailure`]).
+    connect_failure: ConnectFailure,
     /// Acks go out in order from one task ([`ack_loop`]), not a task each.
     acks: tokio::sync::mpsc::UnboundedSender<AckJob>,
     /// The retry counts of the notifications, shared by the nodes ([`crate::retry_state`]).
@@ -336,6 +338,14 @@ impl JetStreamSpool {
             // commands; a busy one is watched by the liveness probe (`crate::liveness`) instead.
             .ping_interval(Duration::from_secs(10))
             .max_reconnects(None::<usize>);
+        let connect_failure = ConnectFailure::default();
+        connect = connect.event_callback({
+            let failure = connect_failure.clone();
+            move |event| {
+                failure.note(&event);
+                std::future::ready(())
+            }
+        });
         if let Some(token) = &options.token {
             connect = connect.token(token.clone());
         }
@@ -428,6 +438,7 @@ impl JetStreamSpool {
             handed_back: AtomicU64::new(0),
             parked: std::sync::atomic::AtomicI64::new(0),
             last_error: Mutex::new(None),
+            connect_failure,
             acks,
             retry_book,
             publish_permits: Arc::new(tokio::sync::Semaphore::new(MAX_PUBLISHES_IN_FLIGHT)),
@@ -563,6 +574,7 @@ impl JetStreamSpool {
         why: String,
         tx: tokio::sync::mpsc::Sender<StoredNotification>,
     ) {
+        let why = self.connect_failure.explain(why);
         tracing::warn!(
             servers = %shown_servers(&self.options.servers),
             "NATS JetStream not reachable yet ({why}): notifications are refused until it is; retrying"
@@ -571,6 +583,13 @@ impl JetStreamSpool {
         let me = Arc::downgrade(self);
         tokio::spawn(async move {
             let mut reported = Reported::default();
+            // Why connecting fails, said once learnt and then at most once a minute while it lasts (with several
+            // servers it may change at each round): the first warning may have come before the client's first
+            // attempt failed.
+            let mut cause_said = me
+                .upgrade()
+                .and_then(|s| s.connect_failure.get())
+                .map(|_| Instant::now());
             loop {
                 let Some(spool) = me.upgrade() else {
                     return;
@@ -596,6 +615,22 @@ impl JetStreamSpool {
                     }
                     Err(e) => {
                         tracing::debug!("JetStream setup: {e}");
+                        if let Some(why) = spool.connect_failure.get()
+                            && cause_said.is_none_or(|at| at.elapsed() >= REPORT_EVERY)
+                        {
+                            cause_said = Some(Instant::now());
+                            tracing::warn!(
+                                servers = %shown_servers(&spool.options.servers),
+                                "NATS JetStream still not reachable: connecting failed: {why}; retrying"
+                            );
+                        }
+                        // Without a connection, what failed is reaching NATS: said with its cause.
+                        let e = match spool.connect_failure.get() {
+                            Some(_) => SpoolError::Unreachable(
+                                spool.connect_failure.explain(e.to_string()),
+                            ),
+                            None => e,
+                        };
                         *lock(&spool.last_error) = Some(e);
                     }
                 }
@@ -2245,6 +2280,39 @@ fn duration_ms(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
+/// Why the NATS client's last attempt to connect failed (`IO error: invalid peer certificate: UnknownIssuer`, a
+/// TLS handshake with a server that does not speak TLS, a refused connection), as its events report it, until it
+/// connects. A request sent meanwhile only times out: what herald says of an unreachable NATS names this cause.
+/// The text names no server address (it carries no password of `spool_nats_url`).
+#[derive(Debug, Clone, Default)]
+struct ConnectFailure(Arc<Mutex<Option<String>>>);
+
+impl ConnectFailure {
+    /// Takes in one of the client's events: a client error is the latest cause, a connection ends it.
+    fn note(&self, event: &async_nats::Event) {
+        match event {
+            async_nats::Event::ClientError(async_nats::ClientError::Other(why)) => {
+                *lock(&self.0) = Some(why.clone());
+            }
+            async_nats::Event::Connected => *lock(&self.0) = None,
+            _ => {}
+        }
+    }
+
+    /// The cause, while the client has no connection.
+    fn get(&self) -> Option<String> {
+        lock(&self.0).clone()
+    }
+
+    /// `why` (a request that timed out, say), with the cause of the failed connection when one is known.
+    fn explain(&self, why: String) -> String {
+        match self.get() {
+            Some(cause) => format!("{why}; connecting failed: {cause}"),
+            None => why,
+        }
+    }
+}
+
 /// Whether a repeated failure is to be reported again: when its text changed, or a minute after it was last.
 #[derive(Debug, Default)]
 pub(crate) struct Reported {
@@ -3462,6 +3530,28 @@ pub(crate) mod tests {
             shown_servers(&servers),
             "nats://10.0.0.1:4222, 10.0.0.2:4222, tls://10.0.0.3:4222"
         );
+    }
+
+    /// The client's last connection error is kept until it connects, and names the cause of a timed-out request.
+    #[test]
+    fn a_connection_failure_is_kept_until_connected_and_explains_a_timeout() {
+        let failure = ConnectFailure::default();
+        assert_eq!(
+            failure.explain("request timed out".into()),
+            "request timed out"
+        );
+        failure.note(&async_nats::Event::ClientError(
+            async_nats::ClientError::Other(
+                "IO error: invalid peer certificate: UnknownIssuer".into(),
+            ),
+        ));
+        failure.note(&async_nats::Event::Disconnected);
+        assert_eq!(
+            failure.explain("request timed out".into()),
+            "request timed out; connecting failed: IO error: invalid peer certificate: UnknownIssuer"
+        );
+        failure.note(&async_nats::Event::Connected);
+        assert_eq!(failure.get(), None);
     }
 
     #[test]

@@ -25,6 +25,7 @@ pub mod record;
 pub mod retry_state;
 pub mod shared_map;
 pub mod spool;
+pub mod state_dir;
 pub mod store;
 
 pub use claims::{ClaimBucket, ClaimError, Entry as ClaimEntry};

@@ -22,7 +22,7 @@ use std::collections::HashMap;
 use std::ops::Bound;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
-use std::sync::{Mutex, MutexGuard, RwLock, RwLockReadGuard, TryLockError};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, TryLockError};
 use std::time::{Duration, Instant};
 
 use fjall::{Config, Keyspace, PartitionCreateOptions, PartitionHandle, PersistMode};
@@ -115,6 +115,12 @@ impl Parts {
     /// Opens the keyspace in `dir` (`spool_dir/outcomes`); a store of an earlier version gets its count and its
     /// idempotency index here, once (should writing them fail, the next open does it).
     fn open(dir: &Path, context: &'static str) -> Result<Opened, SpoolError> {
+        // Created here for herald's user only, before fjall would create it with the umask's mode: outcomes and
+        // webhook batches name device tokens.
+        crate::state_dir::create_dir(dir).map_err(|e| SpoolError::Open {
+            path: dir.to_path_buf(),
+            source: Arc::new(e),
+        })?;
         let keyspace = Config::new(dir)
             .cache_size(8 << 20)
             .open()
@@ -338,6 +344,13 @@ impl OutcomeStore {
     }
 
     fn open_with(spool_dir: &Path, retry_interval: Duration) -> Result<OutcomeStore, SpoolError> {
+        // Opened at every start, whatever the spool backend: a spool directory open to other users is said here
+        // when the disk spool did not say it already.
+        crate::state_dir::create_dir(spool_dir).map_err(|e| SpoolError::Open {
+            path: spool_dir.to_path_buf(),
+            source: Arc::new(e),
+        })?;
+        crate::state_dir::warn_if_shared(spool_dir);
         let dir = spool_dir.join(OUTCOMES_DIR);
         let opened = Parts::open(&dir, "opening the outcome store")?;
         Ok(OutcomeStore {

@@ -169,13 +169,15 @@ impl DiskSpool<FjallEngine> {
     }
 }
 
-/// Creates `dir` if needed and checks that files can be created in it. A full disk is not an error here: the spool
-/// opens refusing appends until there is room.
+/// Creates `dir` if needed (for herald's user only: [`crate::state_dir`]), warns when an existing one lets group or
+/// others in, and checks that files can be created in it. A full disk is not an error here: the spool opens
+/// refusing appends until there is room.
 pub fn prepare_dir(dir: &Path) -> Result<(), SpoolError> {
-    std::fs::create_dir_all(dir).map_err(|e| SpoolError::Open {
+    crate::state_dir::create_dir(dir).map_err(|e| SpoolError::Open {
         path: dir.to_path_buf(),
         source: Arc::new(e),
     })?;
+    crate::state_dir::warn_if_shared(dir);
     let probe: PathBuf = dir.join(".herald-spool-probe");
     let written = std::fs::write(&probe, b"probe");
     let _ = std::fs::remove_file(&probe);
@@ -196,7 +198,7 @@ pub fn prepare_dir(dir: &Path) -> Result<(), SpoolError> {
 /// Takes an exclusive lock on `dir/LOCK`, so that two processes never write the same spool.
 fn lock_dir(dir: &Path) -> Result<std::fs::File, SpoolError> {
     let path = dir.join("LOCK");
-    let file = std::fs::OpenOptions::new()
+    let file = crate::state_dir::file_options()
         .create(true)
         .truncate(false)
         .write(true)
@@ -1124,7 +1126,7 @@ impl RefusalLog {
                 (None, Vec::new())
             }
         };
-        let file = std::fs::OpenOptions::new()
+        let file = crate::state_dir::file_options()
             .read(true)
             .write(true)
             .create(true)

@@ -371,10 +371,7 @@ impl Server {
             _ => None,
         };
         let feedback_log = match path_option(herald_conf::Opt::FeedbackLogfile) {
-            Some(p) => Some(
-                crate::logs::file::LogFile::open(&p, 0o644)
-                    .map_err(crate::logs::LogSetupError::from)?,
-            ),
+            Some(p) => Some(crate::logs::open_feedback_log(&p)?),
             None => None,
         };
         let tokens_file = path_option(herald_conf::Opt::InvalidTokensFile)

@@ -128,9 +128,11 @@ impl Connector {
                             error,
                         ))
                     }
-                    other => {
+                    // HERALD-PATCH: the whole error (its kind and its cause, such as
+                    // `IO error: invalid peer certificate: UnknownIssuer`), not the kind alone.
+                    _ => {
                         self.events_tx
-                            .try_send(Event::ClientError(ClientError::Other(other.to_string())))
+                            .try_send(Event::ClientError(ClientError::Other(error.to_string())))
                             .ok();
                     }
                 },

@@ -105,7 +105,10 @@ fn webhooks(root: &Node, node: &Node, diags: &mut Diagnostics) {
                 ),
             );
         }
-        if let Some(rest) = text.strip_prefix("http://") {
+        // The scheme in any case (`HTTP://` is plain HTTP too).
+        if let Some((scheme, rest)) = text.split_once("://")
+            && scheme.eq_ignore_ascii_case("http")
+        {
             let (_, host_port, local) = url_authority(rest);
             if !local {
                 diags.warning(
@@ -691,9 +694,20 @@ mod tests {
             "outcome_webhook_secret = \"s\"\ndomain \"a.example\" {\n  outcome_webhook_url = \"http://h.example/x\"\n}\n",
             &["t.conf:3", "plain HTTP", "h.example"],
         );
+        // The scheme is read in any case, as the web client reads it.
+        for scheme in ["HTTP", "Http"] {
+            one(
+                &format!(
+                    "outcome_webhook_secret = \"s\"\ndomain \"a.example\" {{\n  outcome_webhook_url = \
+                     \"{scheme}://192.0.2.2:28118/hook\"\n}}\n"
+                ),
+                &["t.conf:3", "plain HTTP", "192.0.2.2:28118"],
+            );
+        }
         for quiet in [
             "domain \"a.example\" { outcome_webhook_url = \"https://h.example/x\"\n outcome_webhook_secret = \"s\" }",
             "outcome_webhook_secret = \"s\"\ndomain \"a.example\" { outcome_webhook_url = \"http://127.0.0.1:9/x\" }",
+            "outcome_webhook_secret = \"s\"\ndomain \"a.example\" { outcome_webhook_url = \"HTTPS://h.example/x\" }",
         ] {
             assert!(warnings(quiet).is_empty(), "{quiet}: {:?}", warnings(quiet));
         }

@@ -229,6 +229,17 @@ impl Logs {
     }
 }
 
+/// Mode of a newly created feedback log (`feedback_logfile`): it lists device tokens, so it is for herald's user
+/// only. A herald addition, it has no mode option of its own, unlike the mainlog (`mainlog_mode`) and the
+/// apn_logger (`logmode`); an existing file keeps its mode, and a file reopened after logrotate moved it away is
+/// created with this mode again.
+pub const FEEDBACK_LOG_MODE: u32 = 0o600;
+
+/// Opens the feedback log `path` (`feedback_logfile`) for appending, creating it with [`FEEDBACK_LOG_MODE`].
+pub fn open_feedback_log(path: &std::path::Path) -> Result<file::LogFile, LogSetupError> {
+    Ok(file::LogFile::open(path, FEEDBACK_LOG_MODE)?)
+}
+
 /// How often a log that keeps failing to flush is warned about.
 const FLUSH_ERROR_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
 
@@ -441,6 +452,24 @@ fn min_opt(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The feedback log is created for herald's user only whatever the umask, also when logrotate moved it away.
+    #[test]
+    fn the_feedback_log_is_created_for_the_owner_only() {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        // SAFETY: umask only sets the process's file creation mask; 022 is what most systems run with.
+        unsafe {
+            libc::umask(0o022);
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("feedback.log");
+        let log = open_feedback_log(&path).unwrap();
+        assert_eq!(mode(&path), 0o600);
+        std::fs::rename(&path, dir.path().join("feedback.log.1")).unwrap();
+        log.reopen().unwrap();
+        assert_eq!(mode(&path), 0o600, "created again by the reopen");
+    }
 
     /// A log whose disk is full (`/dev/full` answers every write with ENOSPC) is reported by `flush`, not dropped.
     #[test]

@@ -24,7 +24,7 @@
 //! entries.
 
 use std::collections::{BTreeSet, HashMap};
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::{BufRead, BufReader, BufWriter, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -397,7 +397,7 @@ fn rewrite(path: &Path, index: &Index) -> Result<(), std::io::Error> {
     name.push(".compact");
     let tmp = path.with_file_name(name);
     let written = (|| {
-        let mut out = BufWriter::new(File::create(&tmp)?);
+        let mut out = BufWriter::new(create_like(&tmp, path)?);
         for t in index.tombstone_list() {
             serde_json::to_writer(&mut out, &t)?;
             out.write_all(b"\n")?;
@@ -419,8 +419,33 @@ fn rewrite(path: &Path, index: &Index) -> Result<(), std::io::Error> {
     written
 }
 
+/// Opens the store's file for appending, creating it for herald's user only ([`herald_spool::state_dir`]): it
+/// lists device tokens.
 fn open_append(path: &Path) -> std::io::Result<File> {
-    OpenOptions::new().create(true).append(true).open(path)
+    herald_spool::state_dir::file_options()
+        .create(true)
+        .append(true)
+        .open(path)
+}
+
+/// Creates (or truncates) `tmp`, the rewrite of `path`, with the mode `path` has (so that a rewrite keeps what the
+/// operator set), or for herald's user only when `path` is missing.
+fn create_like(tmp: &Path, path: &Path) -> std::io::Result<File> {
+    let file = herald_spool::state_dir::file_options()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(tmp)?;
+    // A leftover `tmp` keeps its old mode on open: set it in all cases.
+    let permissions = match std::fs::metadata(path) {
+        Ok(meta) => meta.permissions(),
+        Err(_) => {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::Permissions::from_mode(herald_spool::state_dir::FILE_MODE)
+        }
+    };
+    file.set_permissions(permissions)?;
+    Ok(file)
 }
 
 /// The writer thread's rewrite ([`super::writer::Compactor`]): the file read back, without the entries learnt
@@ -461,7 +486,7 @@ impl InvalidTokenStore {
             source,
         };
         if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-            std::fs::create_dir_all(parent).map_err(io)?;
+            herald_spool::state_dir::create_dir(parent).map_err(io)?;
         }
         let Read {
             mut index,
@@ -872,6 +897,7 @@ impl InvalidTokenSink for InvalidTokenStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::fs::OpenOptions;
 
     fn entry(token: &str, ts: u64) -> InvalidTokenEntry {
         InvalidTokenEntry {
@@ -1072,6 +1098,55 @@ mod tests {
         .unwrap();
         drop(InvalidTokenStore::open(&path, None).unwrap());
         assert_eq!(lines(&path).len(), 2);
+    }
+
+    fn mode(path: &Path) -> u32 {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::metadata(path).unwrap().permissions().mode() & 0o777
+    }
+
+    /// The store's file and the directories made for it are for herald's user only whatever the umask (it lists
+    /// device tokens); a rewrite keeps the mode the file has, one an operator set included.
+    #[test]
+    fn the_file_and_its_directory_are_for_the_owner_only() {
+        // SAFETY: umask only sets the process's file creation mask; 022 is what most systems run with, and what
+        // the other tests here create does not depend on it.
+        unsafe {
+            libc::umask(0o022);
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state/tokens/invalid.jsonl");
+        let store = InvalidTokenStore::open(&path, None).unwrap();
+        assert!(store.record(entry("aa", 1)));
+        drop(store);
+        assert_eq!(mode(&path), 0o600);
+        assert_eq!(mode(&dir.path().join("state")), 0o700);
+        assert_eq!(mode(&dir.path().join("state/tokens")), 0o700);
+
+        // Rewritten at open (many superseded lines): still 0600, then 0640 as the operator set it.
+        let superseded = (0..=2 * COMPACT_MIN_SUPERSEDED as u64)
+            .map(|i| serde_json::to_string(&entry("aa", 1000 + i)).unwrap() + "\n")
+            .collect::<String>();
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .unwrap()
+            .write_all(superseded.as_bytes())
+            .unwrap();
+        drop(InvalidTokenStore::open(&path, None).unwrap());
+        assert_eq!(lines(&path).len(), 1, "rewritten");
+        assert_eq!(mode(&path), 0o600);
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o640)).unwrap();
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .unwrap()
+            .write_all(superseded.as_bytes())
+            .unwrap();
+        drop(InvalidTokenStore::open(&path, None).unwrap());
+        assert_eq!(lines(&path).len(), 1, "rewritten");
+        assert_eq!(mode(&path), 0o640);
     }
 
     /// The dashboard's newest few of a domain, newest first, whatever the size of the store.
