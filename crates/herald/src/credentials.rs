@@ -88,8 +88,10 @@ pub fn check(config: &Arc<Config>, now: SystemTime) -> Vec<Finding> {
     for domain in config.domains().into_iter().filter(|d| !d.starts_with('/')) {
         let mut checked: Vec<Arc<DomainSettings>> = Vec::new();
         let first = findings.len();
+        let mut apn_somewhere = false;
         for &(group, binding) in &bindings {
             let d = config.domain_settings(group, Some(binding), domain);
+            apn_somewhere |= d.delivery_method == DeliveryMethod::Apn;
             if d.delivery_method != DeliveryMethod::Apn
                 || checked.iter().any(|c| same_credentials(c, &d))
             {
@@ -131,8 +133,47 @@ pub fn check(config: &Arc<Config>, now: SystemTime) -> Vec<Finding> {
                 }
             }
         }
+        if !apn_somewhere && let Some(f) = apns_options_unused(config, domain) {
+            findings.push(f);
+        }
     }
     findings
+}
+
+/// A domain that sets APNs options (`apn_key`, `apn_topic`, `tls_pkcs12`) in its own stanza while no binding
+/// delivers it with `delivery_method = apn`: herald takes none of its notifications (they are refused as another
+/// delivery method's), which a configuration missing its `delivery_method` line does unnoticed. A warning at the
+/// first such option.
+fn apns_options_unused(config: &Config, domain: &str) -> Option<Finding> {
+    // Only options of the domain's own top-level stanza: APNs options set globally for the APNs domains are no
+    // mistake for another one.
+    let stanza = config
+        .tree()
+        .matching_named(herald_conf::ScopeKind::Domain, domain)
+        .into_iter()
+        .next()?;
+    let (name, setting) = [
+        (Opt::ApnKey, "apn_key"),
+        (Opt::ApnTopic, "apn_topic"),
+        (Opt::TlsPkcs12, "tls_pkcs12"),
+    ]
+    .into_iter()
+    .find_map(|(opt, name)| Some((name, stanza.get(opt.id())?)))?;
+    let method = config
+        .domain_settings(None, Some(DEFAULT_BINDING), domain)
+        .delivery_method
+        .word()
+        .to_ascii_lowercase();
+    Some(Finding {
+        domain: domain.to_owned(),
+        binding: None,
+        severity: Severity::Warning,
+        message: format!(
+            "{name} is set but delivery_method is {method}, not apn, for every binding: herald takes no \
+             notification for this domain; set delivery_method = apn"
+        ),
+        at: Some(setting.at.clone()),
+    })
 }
 
 /// One finding about a listener's TLS identity (`tls_certificate`, `tls_key`).
@@ -281,7 +322,7 @@ fn apple_id_finding(name: &str, id: &str) -> Option<(Severity, String)> {
 
 /// The checklist for one (binding, domain); `say` takes each finding with the option it is about (`None`: the
 /// domain as a whole).
-fn check_domain(
+pub(crate) fn check_domain(
     d: &DomainSettings,
     now: SystemTime,
     say: &mut dyn FnMut(Severity, Option<Opt>, String),
@@ -553,5 +594,29 @@ mod tests {
             SystemTime::now(),
         );
         assert_eq!(findings, vec![]);
+    }
+
+    /// A domain whose own stanza sets APNs options while no binding delivers it with `apn` (its `delivery_method`
+    /// line forgotten) is warned about at the first such option; APNs options set globally are not, nor is a
+    /// domain that does say `delivery_method = apn`.
+    #[test]
+    fn apns_options_on_a_domain_not_delivered_with_apn_are_a_warning() {
+        let config = |text: &str| Arc::new(Config::parse_str("check.conf", text).unwrap());
+        let findings = check(
+            &config(
+                "apn_topic = \"com.example.global\"\ndomain \"forgot.example\" {\n routes = ( \"https://127.0.0.1:1\" )\n \
+                 apn_topic = \"com.example.app\"\n}\ndomain \"mail.example\" { }\n",
+            ),
+            SystemTime::now(),
+        );
+        assert_eq!(findings.len(), 1, "{findings:?}");
+        assert_eq!(findings[0].domain, "forgot.example");
+        assert_eq!(findings[0].severity, Severity::Warning);
+        assert_eq!(
+            findings[0].message,
+            "apn_topic is set but delivery_method is esmtp, not apn, for every binding: herald takes no notification \
+             for this domain; set delivery_method = apn"
+        );
+        assert_eq!(findings[0].at.as_ref().map(|a| a.line), Some(4));
     }
 }

@@ -1561,14 +1561,28 @@ fn undeliverable_domains(
             {
                 continue;
             }
-            tried.push(d);
             let queue = Engine::queue_name(binding, domain);
             if skip.contains(&queue) {
+                tried.push(d);
                 continue;
             }
             if let Err(e) = resolver.resolve_binding(binding, domain) {
                 out.push((queue, e.to_string()));
+            } else {
+                // Settings that load can still be refused by APNs for good: a client certificate expired or not
+                // yet valid, a topic it does not carry, a production certificate for the sandbox host, … (what
+                // `herald check` calls errors).
+                let mut errors = Vec::new();
+                crate::credentials::check_domain(&d, SystemTime::now(), &mut |severity, _, m| {
+                    if severity == crate::credentials::Severity::Error {
+                        errors.push(m);
+                    }
+                });
+                if !errors.is_empty() {
+                    out.push((queue, errors.join("; ")));
+                }
             }
+            tried.push(d);
         }
     }
     out

@@ -343,7 +343,8 @@ async fn a_reload_names_a_removed_domain_only_while_notifications_of_it_wait() {
 }
 
 /// `herald serve` names at start, as a reload does, each APNs domain it cannot deliver: a provider key file that
-/// is missing, a certificate without its key, no credentials at all.
+/// is missing, a certificate without its key, no credentials at all, and credentials that load but that APNs
+/// refuses for good (here a topic the client certificate does not carry, which `herald check` calls an error).
 #[test]
 fn serve_names_the_domains_it_cannot_deliver_at_start() {
     let dir = tempfile::tempdir().unwrap();
@@ -357,10 +358,13 @@ fn serve_names_the_domains_it_cannot_deliver_at_start() {
         "domain \"m.example\" {{\n{no_creds}  apn_key = \"{key}\"\n  apn_key_id = \"ABCDEFGHIJ\"\n  \
          apn_team_id = \"TEAM123456\"\n}}\n\
          domain \"c.example\" {{\n{no_creds}  tls_certificate = \"{cert}\"\n}}\n\
-         domain \"z.example\" {{\n{no_creds}}}\n",
+         domain \"z.example\" {{\n{no_creds}}}\n\
+         domain \"t.example\" {{\n{no_creds}  tls_certificate = \"{cert}\"\n  tls_key = \"{key_file}\"\n  \
+         apn_topic = \"com.example.not-its-topic\"\n}}\n",
         no_creds = no_credentials(&pki, port),
         key = missing_key.display(),
         cert = client.cert.display(),
+        key_file = client.key.display(),
     );
     let config = dir.path().join("herald.conf");
     std::fs::write(&config, config_text(dir.path(), &domains)).unwrap();
@@ -387,6 +391,9 @@ fn serve_names_the_domains_it_cannot_deliver_at_start() {
             client.cert.display()
         ),
         "domain z.example cannot be delivered: no credentials: set apn_key".to_owned(),
+        "domain t.example cannot be delivered: apn_topic \"com.example.not-its-topic\" is not a topic of the \
+         client certificate"
+            .to_owned(),
     ];
     let deadline = Instant::now() + WAIT;
     let err = loop {
