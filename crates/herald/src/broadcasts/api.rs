@@ -153,8 +153,19 @@ pub fn parse(body: &[u8]) -> Result<NewBroadcast, String> {
     if !raw.get().starts_with('{') {
         return Err("the body must be a JSON object".into());
     }
-    let Members(members) = serde_json::from_str(raw.get())
-        .map_err(|e| format!("invalid JSON: {e}; the body must be a JSON object"))?;
+    // Read from the body itself, so that a position is the body's (after a byte order mark).
+    let Members(members) = serde_json::from_slice(without_bom(body)).map_err(|e| {
+        if crate::inbound::rest::error::is_unpaired_surrogate(&e) {
+            format!(
+                "a member name {} at line {} column {}",
+                crate::inbound::rest::error::UNPAIRED_SURROGATE,
+                e.line(),
+                e.column()
+            )
+        } else {
+            format!("invalid JSON: {e}; the body must be a JSON object")
+        }
+    })?;
     let mut fields = Fields {
         payload: None,
         values: std::collections::HashMap::new(),
@@ -172,7 +183,16 @@ pub fn parse(body: &[u8]) -> Result<NewBroadcast, String> {
         if key == "payload" {
             fields.payload = Some(value);
         } else {
-            let v = serde_json::from_str(value.get()).map_err(|e| format!("{key}: {e}"))?;
+            let v = serde_json::from_str(value.get()).map_err(|e| {
+                if crate::inbound::rest::error::is_unpaired_surrogate(&e) {
+                    format!(
+                        "{key}: {}",
+                        crate::inbound::rest::error::unpaired_surrogate_in(value.get())
+                    )
+                } else {
+                    format!("{key}: {e}")
+                }
+            })?;
             fields.values.insert(key, v);
         }
     }
@@ -246,6 +266,27 @@ mod tests {
     use super::*;
 
     const CHANNEL: &str = "dHN0LXNyY2gtY2hubA==";
+
+    /// A string with an unpaired surrogate escape (`"\ud800"`, which JSON's grammar allows but which is no text) is
+    /// named by its field, or as a member name with its position, as the other JSON routes name it.
+    #[test]
+    fn an_unpaired_surrogate_is_named_by_its_field() {
+        let e =
+            parse(br#"{"domain":"\ud800","channel_id":"dHN0","payload":{"aps":{}}}"#).unwrap_err();
+        assert_eq!(
+            e,
+            format!(
+                "domain: the string {}",
+                crate::inbound::rest::error::UNPAIRED_SURROGATE
+            )
+        );
+        let e = parse(br#"{"\udc00x":1}"#).unwrap_err();
+        assert!(
+            e.starts_with("a member name holds an unpaired surrogate escape"),
+            "{e}"
+        );
+        assert!(e.contains("at line 1 column"), "{e}");
+    }
 
     #[test]
     fn a_full_request_reads_and_defaults_apply() {
