@@ -885,7 +885,7 @@ option_table! {
         },
         Some("1000"),
         ESMTP,
-        "Longest command or message line an ESMTP listener reads, in bytes including CRLF (RFC 5321: 512 for commands, 1000 for text); a herald addition.",
+        "Longest command or message line an ESMTP listener reads, in bytes including CRLF and not counting a dot the client doubled at the start of a message line for transparency (RFC 5321: 512 for commands, 1000 for text); a herald addition.",
     ),
     ReconfigMessage => opt(
         "reconfig_message",
