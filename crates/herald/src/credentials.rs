@@ -150,7 +150,6 @@ fn apns_options_unused(config: &Config, domain: &str) -> Option<Finding> {
     let stanza = config
         .tree()
         .matching_named(herald_conf::ScopeKind::Domain, domain)
-        .into_iter()
         .next()?;
     let (name, setting) = [
         (Opt::ApnKey, "apn_key"),
