@@ -12,21 +12,27 @@
 //!   absent); the claim becomes the answer when the request is accepted, and is removed when it is refused (a
 //!   removal, or a replacement by ids as below, that NATS does not take at once is tried again in the background
 //!   until it is taken or the claim reaches [`MAX_CLAIM_AGE`]; a retry meanwhile is told the request still runs,
-//!   rather than given new ids for what NATS may have taken). A node
-//!   claims only once its heartbeat is written, so a claim whose node has no heartbeat any more (removed by the
-//!   NATS server after the node's silence: no node's clock is involved) is taken over by the next request, as is
-//!   one older than [`MAX_CLAIM_AGE`]. NATS may take part of a request's notifications before it fails: such a
-//!   request publishes them under message ids its retries repeat, and once refused after handing them to NATS it
-//!   replaces its claim with the ids it assigned ([`crate::spool::retry_ids`]); a retry with the key within the
+//!   rather than given new ids for what NATS may have taken). A request refused because NATS did not answer its
+//!   claim's write (which NATS may still store, on a link that delays) leaves that write to be looked for in the
+//!   background until [`MAX_CLAIM_AGE`]: a claim it stored is removed, at its revision and only if it carries the
+//!   request's number, so that another request's later claim is never touched (a retry on the same node takes it
+//!   over at once). A node claims only once its heartbeat is written, so a claim whose node has no heartbeat any
+//!   more (removed by the NATS server after the node's silence: no node's clock is involved) is taken over by the
+//!   next request, as is one older than [`MAX_CLAIM_AGE`]. Only a node starting up waits for its first heartbeat;
+//!   afterwards one that is not connected to NATS, or whose heartbeat NATS does not take, refuses a request with a
+//!   key at once. NATS may take part of a request's notifications before it fails: such a request publishes them
+//!   under message ids its retries repeat, and once refused after handing them to NATS it replaces its claim with
+//!   the ids it assigned ([`crate::spool::retry_ids`]); a retry with the key within the
 //!   stream's duplicate window (less a quarter, for the clocks) gives the notifications it repeats the same ids,
 //!   and the stream drops the copies of those it took.
 //!
 //! Once claimed, a request runs to its end on a task of its own: a client that hangs up mid-way leaves neither its
 //! key claimed nor its accepted notifications unremembered.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::future::Future;
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use axum::body::Bytes;
@@ -34,7 +40,8 @@ use axum::http::StatusCode;
 use axum::http::request::Parts;
 use axum::response::{IntoResponse, Response};
 use herald_spool::claims::nonce;
-use herald_spool::{ClaimBucket, ClaimError, JetStreamSpool, OutcomeStore};
+use herald_spool::spool::Spool;
+use herald_spool::{ClaimBucket, ClaimEntry, ClaimError, JetStreamSpool, OutcomeStore};
 use sha2::{Digest, Sha256};
 
 use super::auth::ApiCaller;
@@ -85,7 +92,35 @@ enum Keys {
     Shared {
         bucket: Box<ClaimBucket>,
         spool: Arc<JetStreamSpool>,
+        /// Set once this node's heartbeat was first written: until then a request waits for it (the node starts
+        /// up), after that one finding it not written is refused at once ([`heartbeat_gate`]).
+        first_beat: Arc<AtomicBool>,
+        /// The claim writes of requests answered without their claim whose outcome NATS did not say, by bucket
+        /// key: looked for in the background and removed should NATS have stored them ([`Idempotency::sweep`]).
+        orphans: Mutex<HashMap<String, Orphans>>,
     },
+}
+
+/// The claim writes under one bucket key that NATS may still store although their requests were answered
+/// without them (a create that timed out, its read back failing or finding nothing, and the request answered
+/// `503`): such a claim would have every retry with the key answered `409` until [`MAX_CLAIM_AGE`], on any node,
+/// since its node lives. One task per key looks for them ([`Idempotency::sweep`]).
+struct Orphans {
+    /// The key as the client sent it, for the log.
+    key_text: String,
+    writes: Vec<Unsettled>,
+}
+
+/// A claim write whose outcome NATS did not say, of a request answered without its claim.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Unsettled {
+    /// The number the request drew: its claim carries it.
+    nonce: u64,
+    /// The revision the write expected the entry at (`None`: absent, a create). NATS stores the write only while
+    /// the entry is still there ([`may_land`]).
+    expected: Option<u64>,
+    /// Until when it is looked for: [`MAX_CLAIM_AGE`] after the write, when any node takes the claim over anyway.
+    until: tokio::time::Instant,
 }
 
 /// What a request with a key does: answer at once (a replay), or run holding its claim.
@@ -315,10 +350,14 @@ impl Idempotency {
     /// Keys in the bucket `<stream>_idempotency` that every node of the JetStream spool `spool` shares.
     pub fn shared(spool: Arc<JetStreamSpool>) -> Self {
         let name = format!("{}_idempotency", spool.stream_name());
+        let first_beat = Arc::new(AtomicBool::new(false));
+        watch_first_beat(&spool, &first_beat);
         Idempotency {
             keys: Keys::Shared {
                 bucket: Box::new(ClaimBucket::new(spool.clone(), &name, TTL)),
                 spool,
+                first_beat,
+                orphans: Mutex::new(HashMap::new()),
             },
         }
     }
@@ -362,8 +401,13 @@ impl Idempotency {
                 Keys::Local { store, running } => {
                     this.claim_local(store, running, &route, &key_text, &digest)
                 }
-                Keys::Shared { bucket, spool } => {
-                    claim_shared(&this, bucket, spool, &route, &key_text, &digest).await
+                Keys::Shared {
+                    bucket,
+                    spool,
+                    first_beat,
+                    ..
+                } => {
+                    claim_shared(&this, bucket, spool, first_beat, &route, &key_text, &digest).await
                 }
             };
             match step? {
@@ -598,6 +642,195 @@ impl Idempotency {
     }
 }
 
+impl Idempotency {
+    /// Looks in the background for the claim writes `writes` under `key` (the client's `key_text`), of a request
+    /// answered without its claim, and removes the claim should NATS have stored one ([`Self::sweep`]). Writes
+    /// under a key already looked for join its task.
+    fn sweep_later(self: &Arc<Self>, key: String, key_text: &str, writes: Vec<Unsettled>) {
+        let Keys::Shared { orphans, .. } = &self.keys else {
+            return;
+        };
+        if writes.is_empty() {
+            return;
+        }
+        let mut orphans = lock(orphans);
+        match orphans.get_mut(&key) {
+            Some(under_way) => under_way.writes.extend(writes),
+            None => {
+                orphans.insert(
+                    key.clone(),
+                    Orphans {
+                        key_text: key_text.to_owned(),
+                        writes,
+                    },
+                );
+                tokio::spawn(self.clone().sweep(key));
+            }
+        }
+    }
+
+    /// Whether `nonce` is that of a request of this node answered without its claim under `key`, whose write NATS
+    /// may have stored after all ([`Self::sweep_later`]): such a claim is no running request's.
+    fn orphaned(&self, key: &str, nonce: u64) -> bool {
+        let Keys::Shared { orphans, .. } = &self.keys else {
+            return false;
+        };
+        lock(orphans)
+            .get(key)
+            .is_some_and(|o| o.writes.iter().any(|w| w.nonce == nonce))
+    }
+
+    /// Reads `key` with pauses from [`RELEASE_FIRST_PAUSE`] doubling up to [`RELEASE_MAX_PAUSE`] while writes of
+    /// [`Self::sweep_later`] may still be stored: a claim one of them stored is removed (at the revision read, so a
+    /// claim another request wrote since is left alone), and a write the entry moved past ([`may_land`]) or one
+    /// looked for until [`MAX_CLAIM_AGE`] after it is no longer looked for. Ends when none is left.
+    async fn sweep(self: Arc<Self>, key: String) {
+        let Keys::Shared {
+            bucket, orphans, ..
+        } = &self.keys
+        else {
+            return;
+        };
+        let mut pause = RELEASE_FIRST_PAUSE;
+        loop {
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(RELEASE_MAX_PAUSE);
+            let (key_text, writes) = {
+                let mut orphans = lock(orphans);
+                let now = tokio::time::Instant::now();
+                let Some(o) = orphans.get_mut(&key) else {
+                    return;
+                };
+                o.writes.retain(|w| w.until > now);
+                if o.writes.is_empty() {
+                    orphans.remove(&key);
+                    return;
+                }
+                (o.key_text.clone(), o.writes.clone())
+            };
+            let done: Vec<Unsettled> = match bucket.read(&key).await {
+                // NATS did not answer: looked for again.
+                Err(_) => continue,
+                Ok(entry) => match orphan_claim(entry.as_ref(), &writes) {
+                    Some(revision) => match bucket.remove(&key, revision).await {
+                        // The entry moved past the orphaned claim: no write looked for can be stored any more.
+                        Ok(()) => {
+                            tracing::info!(
+                                key = %key_text,
+                                "released the idempotency key of a request answered 503 before NATS stored its claim: \
+                                 a retry with the key runs"
+                            );
+                            writes
+                        }
+                        Err(_) => continue,
+                    },
+                    None => writes
+                        .into_iter()
+                        .filter(|w| !may_land(entry.as_ref(), w.expected))
+                        .collect(),
+                },
+            };
+            let mut orphans = lock(orphans);
+            let Some(o) = orphans.get_mut(&key) else {
+                return;
+            };
+            o.writes.retain(|w| !done.contains(w));
+            if o.writes.is_empty() {
+                orphans.remove(&key);
+                return;
+            }
+        }
+    }
+}
+
+/// The revision of the claim in `entry` that one of `writes` stored, if it holds one.
+fn orphan_claim(entry: Option<&ClaimEntry>, writes: &[Unsettled]) -> Option<u64> {
+    let entry = entry?;
+    match SharedRecord::decode(&entry.value)? {
+        SharedRecord::Claimed { nonce, .. } if writes.iter().any(|w| w.nonce == nonce) => {
+            Some(entry.revision)
+        }
+        _ => None,
+    }
+}
+
+/// Whether NATS may still store a claim write that expected the entry at `expected` (`None`: absent), the entry
+/// being read as `entry` (not the write's own claim): NATS stores such a write only while the entry is at the
+/// revision it names. A later revision is past it for good. An earlier one, or no entry where the write found one,
+/// may be a replica behind answering the read: the write is looked for still.
+fn may_land(entry: Option<&ClaimEntry>, expected: Option<u64>) -> bool {
+    match (entry, expected) {
+        (None, _) => true,
+        (Some(entry), Some(expected)) => entry.revision <= expected,
+        (Some(_), None) => false,
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// How often [`watch_first_beat`] looks at the heartbeat of a node starting up.
+const FIRST_BEAT_POLL: Duration = Duration::from_millis(50);
+
+/// Sets `first_beat` once `spool` wrote its first heartbeat (at once if it has), looking every [`FIRST_BEAT_POLL`]
+/// until then, in the background; it ends with the spool. Without a runtime it is left to the requests
+/// ([`heartbeat_gate`]).
+fn watch_first_beat(spool: &Arc<JetStreamSpool>, first_beat: &Arc<AtomicBool>) {
+    if spool.beating() {
+        first_beat.store(true, Ordering::Relaxed);
+        return;
+    }
+    let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+        return;
+    };
+    let (spool, first_beat): (Weak<JetStreamSpool>, _) =
+        (Arc::downgrade(spool), first_beat.clone());
+    runtime.spawn(async move {
+        while !first_beat.load(Ordering::Relaxed) {
+            match spool.upgrade() {
+                Some(spool) if spool.beating() => first_beat.store(true, Ordering::Relaxed),
+                Some(_) => tokio::time::sleep(FIRST_BEAT_POLL).await,
+                None => return,
+            }
+        }
+    });
+}
+
+/// Whether this node may claim keys now: only while its heartbeat is written, so that the other nodes see it live
+/// and take none of its claims over. A node starting up, whose first heartbeat is not written yet, waits for it
+/// ([`BEAT_WAIT`] at most). Afterwards a node that is not connected to NATS, or whose heartbeat NATS stopped
+/// taking, is refused at once (as a request without a key is), rather than each request waiting out
+/// [`BEAT_WAIT`] for as long as NATS is away. The error says why.
+async fn heartbeat_gate(spool: &JetStreamSpool, first_beat: &AtomicBool) -> Result<(), String> {
+    let deadline = tokio::time::Instant::now() + BEAT_WAIT;
+    loop {
+        if !spool.connected() {
+            return Err(spool.write_error().map_or_else(
+                || "NATS unreachable: not connected to NATS".to_owned(),
+                |e| e.to_string(),
+            ));
+        }
+        if spool.beating() {
+            first_beat.store(true, Ordering::Relaxed);
+            return Ok(());
+        }
+        if first_beat.load(Ordering::Relaxed) {
+            return Err(
+                "NATS does not take this node's heartbeat now (the other nodes do not see it live): it claims no key \
+                 until it does"
+                    .to_owned(),
+            );
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Err(
+                "this node has not yet announced itself to the other nodes (its heartbeat is not written)".to_owned(),
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// How long a request waits for this node's first heartbeat before it may claim a key (a node starting up).
 const BEAT_WAIT: Duration = Duration::from_secs(5);
 /// Reads and writes of one claim that found the entry changed by another request meanwhile, at most.
@@ -605,45 +838,88 @@ const CLAIM_PASSES: u32 = 5;
 
 /// Claims `key_text` in the shared bucket, or answers from what the bucket holds for it.
 ///
-/// A node claims keys only once its heartbeat is written, so a claim whose node has no heartbeat any more (the
-/// server removes it after the node's silence) belongs to a node that died or was cut off, and is taken over. A
-/// write whose outcome is unknown (an error, a timeout; or a create that timed out, and reported the key taken once
-/// it read back the claim the server stored all the same) is settled by reading the entry back: the claim carries
-/// a number this request drew, so it knows its own ([`Found::Own`]).
+/// A node claims keys only once its heartbeat is written ([`heartbeat_gate`]), so a claim whose node has no
+/// heartbeat any more (the server removes it after the node's silence) belongs to a node that died or was cut off,
+/// and is taken over. A write whose outcome is unknown (an error, a timeout; or a create that timed out, and
+/// reported the key taken once it read back the claim the server stored all the same) is settled by reading the
+/// entry back: the claim carries a number this request drew, so it knows its own ([`Found::Own`]). A request
+/// answered without its claim while one of its writes may still be stored (NATS did not say, and the entry read
+/// back, if it could be, is as the write found it) leaves that write to be looked for in the background
+/// ([`Idempotency::sweep_later`]): NATS storing it later would otherwise leave a claim no request holds.
 async fn claim_shared(
     owner: &Arc<Idempotency>,
     bucket: &ClaimBucket,
     spool: &JetStreamSpool,
+    first_beat: &AtomicBool,
     route: &str,
     key_text: &str,
     digest: &[u8; 32],
 ) -> Result<Step, ApiError> {
     let key = shared_key(route, key_text);
+    heartbeat_gate(spool, first_beat).await.map_err(|e| {
+        ApiError::unavailable(format!("Idempotency-Key {key_text:?}: {e}; retry later"))
+    })?;
+    let nonce = nonce();
+    let mut writes = Vec::new();
+    let claimed = claim_passes(
+        owner,
+        bucket,
+        spool,
+        &key,
+        key_text,
+        digest,
+        nonce,
+        &mut writes,
+    )
+    .await;
+    if claimed.is_err() {
+        let until = tokio::time::Instant::now() + MAX_CLAIM_AGE;
+        let writes = writes
+            .into_iter()
+            .map(|expected| Unsettled {
+                nonce,
+                expected,
+                until,
+            })
+            .collect();
+        owner.sweep_later(key, key_text, writes);
+    }
+    claimed
+}
+
+/// The passes of [`claim_shared`] for the request that drew `nonce`: `writes` ends with the revisions the claim
+/// writes NATS may still store expected the entry at (`None`: a create), those NATS took or refused, or that the
+/// entry moved past ([`may_land`]), left out.
+#[allow(clippy::too_many_arguments)]
+async fn claim_passes(
+    owner: &Arc<Idempotency>,
+    bucket: &ClaimBucket,
+    spool: &JetStreamSpool,
+    key: &str,
+    key_text: &str,
+    digest: &[u8; 32],
+    nonce: u64,
+    writes: &mut Vec<Option<u64>>,
+) -> Result<Step, ApiError> {
     let unavailable = |e: &dyn std::fmt::Display| {
         ApiError::unavailable(format!("Idempotency-Key {key_text:?}: {e}; retry later"))
     };
-    let deadline = tokio::time::Instant::now() + BEAT_WAIT;
-    while !spool.beating() {
-        if tokio::time::Instant::now() >= deadline {
-            return Err(unavailable(
-                &"this node has not yet announced itself to the other nodes (its heartbeat is not written)",
-            ));
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    let nonce = nonce();
     let claim = SharedRecord::claim(digest, spool.node_name(), nonce);
     let dedup = format!("i{}", &key[..32]);
-    let held = |key: String, revision, earlier, reuse_until| {
+    let held = |revision, earlier, reuse_until| {
         Step::Run(Claim::Shared(SharedClaim {
             owner: owner.clone(),
-            key,
+            key: key.to_owned(),
             revision,
             settled: false,
             ids: RequestIds::new(dedup.clone(), earlier),
             reuse_until,
             claimed_at: tokio::time::Instant::now(),
         }))
+    };
+    // Writes of this request NATS can no longer store, the entry being `entry`, are no longer looked for.
+    let settle = |writes: &mut Vec<Option<u64>>, entry: Option<&ClaimEntry>| {
+        writes.retain(|expected| may_land(entry, *expected));
     };
     // Until when a retry of this request may reuse its ids (from its claim on: its publishes come after), and the
     // ids of a refused attempt it reuses: those of the claim last written.
@@ -660,33 +936,45 @@ async fn claim_shared(
             // replica may also have answered the read with an older state).
             tokio::time::sleep(Duration::from_millis(10 * u64::from(pass))).await;
         }
-        let entry = bucket.read(&key).await.map_err(|e| unavailable(&e))?;
+        let entry = bucket.read(key).await.map_err(|e| unavailable(&e))?;
         // The revision this pass found, to tell after a failed write whether another request wrote meanwhile.
         let seen = entry.as_ref().map(|e| e.revision);
-        let written = match found(entry.as_ref(), nonce) {
+        let found = found(entry.as_ref(), nonce);
+        if !matches!(found, Found::Own { .. }) {
+            settle(writes, entry.as_ref());
+        }
+        let written = match found {
             // The claim an earlier pass wrote, although its write said otherwise: held, with the ids it took.
-            Found::Own { revision } => return Ok(held(key, revision, earlier, reuse_until)),
+            Found::Own { revision } => return Ok(held(revision, earlier, reuse_until)),
             Found::Free => {
                 (reuse_until, earlier) = fresh();
-                bucket.create(&key, &claim).await
+                writes.push(seen);
+                bucket.create(key, &claim).await
             }
             Found::Answered(stored) => {
                 return replay(stored, digest, key_text).map(Step::Answered);
             }
             Found::Claimed {
                 node,
+                nonce: theirs,
                 revision,
                 stored_ms,
             } => {
-                if !abandoned(spool, node, stored_ms, now_ms())
+                // A claim of a request of this node answered without it (its write stored after the answer) is
+                // no running request's: taken over at once, rather than refused until the sweep removes it.
+                if node == spool.node_name() && owner.orphaned(key, theirs) {
+                    tracing::info!(key = %key_text, "taking over the idempotency key of a request of this node answered 503 before NATS stored its claim");
+                } else if !abandoned(spool, node, stored_ms, now_ms())
                     .await
                     .map_err(|e| unavailable(&e))?
                 {
                     return Err(still_running(key_text));
+                } else {
+                    tracing::info!(key = %key_text, "taking over the idempotency key of a request whose node ({node}) is gone");
                 }
-                tracing::info!(key = %key_text, "taking over the idempotency key of a request whose node ({node}) is gone");
                 (reuse_until, earlier) = fresh();
-                bucket.replace(&key, revision, &claim).await
+                writes.push(seen);
+                bucket.replace(key, revision, &claim).await
             }
             Found::Refused {
                 reuse_ms,
@@ -704,7 +992,8 @@ async fn claim_shared(
                             .min(reuse_window(spool.duplicate_window()));
                     earlier = SharedRecord::pairs(pairs);
                 }
-                bucket.replace(&key, revision, &claim).await
+                writes.push(seen);
+                bucket.replace(key, revision, &claim).await
             }
             Found::Unknown => {
                 return Err(ApiError::unavailable(format!(
@@ -714,19 +1003,28 @@ async fn claim_shared(
             }
         };
         match written {
-            Ok(Some(revision)) => return Ok(held(key, revision, earlier, reuse_until)),
+            Ok(Some(revision)) => return Ok(held(revision, earlier, reuse_until)),
             // Someone else's write came first; or this one's was stored although its answer was lost (a create
-            // that timed out reads the key back and reports it taken): the next pass tells which.
-            Ok(None) => continue,
+            // that timed out reads the key back and reports it taken): the next pass tells which. A replace is
+            // told so by NATS itself: it was not stored.
+            Ok(None) => {
+                if seen.is_some() {
+                    writes.pop();
+                }
+                continue;
+            }
             // The write failed: stored all the same (its answer lost), or refused because another request wrote
             // the entry meanwhile (a failure NATS may report as an error of its own rather than as a changed
             // entry), or NATS did not take it.
-            Err(e) => match bucket.read(&key).await {
+            Err(e) => match bucket.read(key).await {
                 Ok(entry) => match after_failed_write(entry.as_ref(), seen, nonce) {
                     AfterFailedWrite::Own { revision } => {
-                        return Ok(held(key, revision, earlier, reuse_until));
+                        return Ok(held(revision, earlier, reuse_until));
                     }
-                    AfterFailedWrite::Changed => continue,
+                    AfterFailedWrite::Changed => {
+                        settle(writes, entry.as_ref());
+                        continue;
+                    }
                     AfterFailedWrite::Unchanged => return Err(unavailable(&e)),
                 },
                 Err(_) => return Err(unavailable(&e)),
@@ -773,9 +1071,10 @@ enum Found<'a> {
     Own { revision: u64 },
     /// Another request's answer.
     Answered(&'a [u8]),
-    /// Another request's claim, made on `node`.
+    /// Another request's claim, made on `node` by the request that drew `nonce`.
     Claimed {
         node: &'a str,
+        nonce: u64,
         revision: u64,
         stored_ms: u64,
     },
@@ -797,8 +1096,9 @@ fn found(entry: Option<&herald_spool::ClaimEntry>, nonce: u64) -> Found<'_> {
     let (revision, stored_ms) = (entry.revision, entry.stored_ms);
     match SharedRecord::decode(&entry.value) {
         Some(SharedRecord::Claimed { nonce: n, .. }) if n == nonce => Found::Own { revision },
-        Some(SharedRecord::Claimed { node, .. }) => Found::Claimed {
+        Some(SharedRecord::Claimed { node, nonce }) => Found::Claimed {
             node,
+            nonce,
             revision,
             stored_ms,
         },
@@ -1006,6 +1306,7 @@ mod tests {
             found(Some(&own), 6),
             Found::Claimed {
                 node: "node-a",
+                nonce: 5,
                 revision: 41,
                 stored_ms: 1_800_000_000_000
             }
@@ -1232,18 +1533,47 @@ mod tests {
         server: &herald_testkit::nats::NatsServer,
         replicas: usize,
     ) -> Arc<JetStreamSpool> {
+        let spool = spool_at(&server.url(), replicas, Duration::from_secs(2)).await;
+        wait_beating(&spool).await;
+        spool
+    }
+
+    /// A JetStream spool of `replicas` on the NATS server at `url`, connected, whose requests to NATS time out after
+    /// `request_timeout`.
+    async fn spool_at(
+        url: &str,
+        replicas: usize,
+        request_timeout: Duration,
+    ) -> Arc<JetStreamSpool> {
         use herald_spool::JetStreamOptions;
-        let mut options = JetStreamOptions::new(vec![server.url()], "idem");
+        let mut options = JetStreamOptions::new(vec![url.to_owned()], "idem");
         options.replicas = replicas;
-        options.request_timeout = Duration::from_secs(2);
+        options.request_timeout = request_timeout;
         let spool = JetStreamSpool::connect(options).await.unwrap();
         let _pulled = spool.take_deliveries();
-        let deadline = std::time::Instant::now() + Duration::from_secs(30);
-        while !spool.beating() {
-            assert!(std::time::Instant::now() < deadline, "no heartbeat written");
+        spool
+    }
+
+    /// Waits for `spool`'s heartbeat to be written (30 s at most).
+    async fn wait_beating(spool: &JetStreamSpool) {
+        wait_for(
+            Duration::from_secs(30),
+            "the node's heartbeat to be written",
+            || spool.beating(),
+        )
+        .await;
+    }
+
+    /// Waits for `done` to hold, `within` at most (naming `what` when it does not).
+    async fn wait_for(within: Duration, what: &str, mut done: impl FnMut() -> bool) {
+        let deadline = std::time::Instant::now() + within;
+        while !done() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "waited {within:?} for {what}"
+            );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        spool
     }
 
     /// Has the stream `stream` led by another server than `name` (reached through `server`), asking its leader to
@@ -1489,5 +1819,218 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// A claim write whose outcome NATS did not say may be stored while the entry is at the revision it expected
+    /// (none: a create); an entry moved past it means it never will be. An older revision, or no entry where the
+    /// write found one, may be a replica behind: the write is looked for still. Only a claim carrying the number
+    /// of a write looked for is taken for an orphan.
+    #[test]
+    fn a_claim_write_is_looked_for_while_the_entry_is_as_it_found_it() {
+        let digest = [7u8; 32];
+        let entry = |revision: u64, value: Vec<u8>| herald_spool::ClaimEntry {
+            revision,
+            value: value.into(),
+            stored_ms: 1_800_000_000_000,
+        };
+        let other = entry(42, SharedRecord::claim(&digest, "node-b", 9));
+        assert!(may_land(None, None));
+        assert!(may_land(None, Some(41)));
+        assert!(!may_land(Some(&other), None));
+        assert!(may_land(Some(&other), Some(42)));
+        assert!(may_land(Some(&other), Some(43)));
+        assert!(!may_land(Some(&other), Some(41)));
+        let until = tokio::time::Instant::now();
+        let write = |nonce, expected| Unsettled {
+            nonce,
+            expected,
+            until,
+        };
+        let own = entry(42, SharedRecord::claim(&digest, "node-a", 5));
+        assert_eq!(orphan_claim(Some(&own), &[write(5, None)]), Some(42));
+        assert_eq!(
+            orphan_claim(Some(&own), &[write(6, None), write(5, Some(40))]),
+            Some(42)
+        );
+        assert_eq!(orphan_claim(Some(&own), &[write(6, None)]), None);
+        assert_eq!(orphan_claim(None, &[write(5, None)]), None);
+        let refused = entry(42, SharedRecord::refused(1000, &[(3, MessageId(4))]));
+        assert_eq!(orphan_claim(Some(&refused), &[write(5, None)]), None);
+    }
+
+    /// docs/api.md "Idempotent requests": a node that cannot reach NATS refuses a request with a key at once and
+    /// says why, as it refuses one without a key: only a node starting up waits for its first heartbeat. Here the
+    /// node's NATS cluster first loses its quorum (the node stays connected, but NATS takes no heartbeat of it),
+    /// then the node's own server.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_node_cut_off_from_nats_refuses_a_key_at_once_saying_why() {
+        if !herald_testkit::nats::available() {
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let mut servers = herald_testkit::nats::cluster(dir.path());
+        let spool = spool_at(&servers[0].url(), 3, Duration::from_secs(2)).await;
+        // Made before the first heartbeat: the node learns of it by itself.
+        let idem = Arc::new(Idempotency::shared(spool.clone()));
+        wait_beating(&spool).await;
+        let body = Bytes::from_static(b"{\"tokens\": [\"aa\"]}");
+        let accepted = || async { Ok(json_response(StatusCode::ACCEPTED, "{}".into())) };
+        retry_until_it_runs(&idem, "k-first", &body, Duration::from_secs(30), accepted).await;
+        let refused = |key: &'static str| {
+            let (idem, body) = (idem.clone(), body.clone());
+            async move {
+                idem.run("push", &headers(key), &body, false, async {
+                    panic!("a request ran while its node was cut off from NATS")
+                })
+                .await
+                .unwrap_err()
+            }
+        };
+        tokio::task::block_in_place(|| servers[1..].iter_mut().for_each(|s| s.kill()));
+        wait_for(Duration::from_secs(60), "the heartbeat to fail", || {
+            !spool.beating()
+        })
+        .await;
+        let e = refused("k-no-quorum").await;
+        assert_eq!(e.status, StatusCode::SERVICE_UNAVAILABLE, "{e}");
+        assert!(
+            e.message
+                .contains("NATS does not take this node's heartbeat now"),
+            "{e}"
+        );
+        tokio::task::block_in_place(|| servers[0].kill());
+        wait_for(Duration::from_secs(60), "the connection to end", || {
+            !spool.connected()
+        })
+        .await;
+        let e = refused("k-no-nats").await;
+        assert_eq!(e.status, StatusCode::SERVICE_UNAVAILABLE, "{e}");
+        assert!(
+            e.message
+                .starts_with("Idempotency-Key \"k-no-nats\": NATS unreachable: "),
+            "{e}"
+        );
+    }
+
+    /// A TCP proxy to the NATS server on `port` that holds what its clients send from the moment it holds `pattern`
+    /// (once), until `release` turns true; `holding` turns true when it starts to.
+    struct HoldingProxy {
+        port: u16,
+        holding: tokio::sync::watch::Receiver<bool>,
+        release: tokio::sync::watch::Sender<bool>,
+    }
+
+    impl HoldingProxy {
+        async fn start(port: u16, pattern: Vec<u8>) -> HoldingProxy {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let proxy_port = listener.local_addr().unwrap().port();
+            let (holding_tx, holding) = tokio::sync::watch::channel(false);
+            let (release, released) = tokio::sync::watch::channel(false);
+            let holding_tx = Arc::new(holding_tx);
+            tokio::spawn(async move {
+                while let Ok((client, _)) = listener.accept().await {
+                    let Ok(server) = tokio::net::TcpStream::connect(("127.0.0.1", port)).await
+                    else {
+                        continue;
+                    };
+                    let (mut client_read, mut client_write) = client.into_split();
+                    let (mut server_read, mut server_write) = server.into_split();
+                    tokio::spawn(async move {
+                        let _ = tokio::io::copy(&mut server_read, &mut client_write).await;
+                    });
+                    let (holding_tx, mut released, pattern) =
+                        (holding_tx.clone(), released.clone(), pattern.clone());
+                    tokio::spawn(async move {
+                        let mut buf = vec![0u8; 1 << 16];
+                        let mut tail: Vec<u8> = Vec::new();
+                        loop {
+                            let n = match client_read.read(&mut buf).await {
+                                Ok(0) | Err(_) => return,
+                                Ok(n) => n,
+                            };
+                            if !*holding_tx.borrow() {
+                                tail.extend_from_slice(&buf[..n]);
+                                if tail.windows(pattern.len()).any(|w| w == pattern) {
+                                    holding_tx.send_replace(true);
+                                    let _ = released.wait_for(|r| *r).await;
+                                }
+                                let keep = tail.len().saturating_sub(pattern.len());
+                                tail.drain(..keep);
+                            }
+                            if server_write.write_all(&buf[..n]).await.is_err() {
+                                return;
+                            }
+                        }
+                    });
+                }
+            });
+            HoldingProxy {
+                port: proxy_port,
+                holding,
+                release,
+            }
+        }
+    }
+
+    /// docs/api.md "Idempotent requests": a request refused with `503` because NATS did not answer its claim
+    /// (here its create is held on the way to NATS past the request's timeout, and stored once let through, as on a
+    /// link that loses and delays packets) leaves no claim behind: the node removes the claim NATS stored after the
+    /// answer, and a retry with the key through another node runs, rather than being answered `409` (still
+    /// running) until the claim is 10 minutes old.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_claim_stored_after_its_request_was_refused_is_released() {
+        if !herald_testkit::nats::available() {
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let server = herald_testkit::nats::single(dir.path());
+        let key = shared_key("push", "k-late");
+        let pattern = format!("PUB $KV.idem_idempotency.{key} ").into_bytes();
+        let mut proxy = HoldingProxy::start(server.port, pattern).await;
+        let a = spool_at(
+            &format!("nats://127.0.0.1:{}", proxy.port),
+            1,
+            Duration::from_secs(1),
+        )
+        .await;
+        wait_beating(&a).await;
+        let node_a = Arc::new(Idempotency::shared(a));
+        let node_b = Arc::new(Idempotency::shared(beating_spool(&server, 1).await));
+        let body = Bytes::from_static(b"{\"tokens\": [\"aa\"]}");
+        let accepted = || async { Ok(json_response(StatusCode::ACCEPTED, "{}".into())) };
+        // The bucket is made and opened on node A first.
+        retry_until_it_runs(&node_a, "k-first", &body, Duration::from_secs(30), accepted).await;
+        let refused = node_a
+            .run("push", &headers("k-late"), &body, false, async {
+                panic!("a request ran whose claim NATS did not acknowledge")
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(refused.status, StatusCode::SERVICE_UNAVAILABLE, "{refused}");
+        assert!(
+            *proxy.holding.borrow_and_update(),
+            "the create never went out: {refused}"
+        );
+        assert!(refused.message.contains("creating"), "{refused}");
+        proxy.release.send_replace(true);
+        // NATS stores the claim now (it is there, or removed already).
+        let client = async_nats::connect(server.url()).await.unwrap();
+        let kv = async_nats::jetstream::new(client)
+            .get_key_value("idem_idempotency")
+            .await
+            .unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while kv.entry(&key).await.unwrap().is_none() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the held create was never stored"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let ran =
+            retry_until_it_runs(&node_b, "k-late", &body, Duration::from_secs(60), accepted).await;
+        assert_eq!(ran.status(), StatusCode::ACCEPTED);
+        assert!(!ran.headers().contains_key("idempotent-replayed"));
     }
 }
