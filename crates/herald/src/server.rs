@@ -1374,6 +1374,15 @@ impl Server {
             tracing::warn!("at shutdown: {u}");
             undone.push(u);
         }
+        // Webhook batches in flight get what is left of the grace period for their answer, recorded so that a batch
+        // taken is not sent again after the restart; no batch starts from here. Cut off, like a delivery: logged.
+        let cut = self.webhooks.finish_sending(left()).await;
+        if cut > 0 {
+            tracing::warn!(
+                "at shutdown: {cut} webhook batch(es) in flight got no answer within the grace period; they are sent \
+                 again after the restart"
+            );
+        }
         if !self.webhooks.flush(left()).await {
             let u = "webhook outcomes still waiting for their queue were not stored".to_owned();
             tracing::warn!("at shutdown: {u}");

@@ -244,6 +244,68 @@ async fn status_goes_through_every_state_survives_a_restart_and_expires() {
     sim.shutdown().await;
 }
 
+/// A notification waiting for its retry shows, after a restart (graceful or `kill -9`), the attempts and the next
+/// attempt time it showed before: the spool keeps both (docs/api.md "Status of a notification").
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_queued_notification_keeps_its_next_attempt_across_restarts() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::generate(&dir.path().join("pki"), &[TOPIC.to_string()]).unwrap();
+    let port = free_port();
+    let config = write_config(dir.path(), &pki, port, 3600);
+    // An hour to the retry: none happens during the test, so what the status shows after a restart is what the
+    // spool kept.
+    let text = std::fs::read_to_string(&config).unwrap().replace(
+        "retry_interval = 1\n  max_retry_interval = 1",
+        "retry_interval = 3600\n  max_retry_interval = 3600\n  max_retries = 10",
+    );
+    assert!(text.contains("retry_interval = 3600"), "{text}");
+    std::fs::write(&config, text).unwrap();
+    let mut sim_config = SimConfig::from_pki(&pki.manifest).unwrap();
+    sim_config.h2_port = port;
+    sim_config
+        .scenario
+        .errors
+        .insert("ServiceUnavailable".into(), 1.0);
+    let sim = Simulator::start(sim_config).await.unwrap();
+
+    let daemon = Daemon::start(&config);
+    let (code, answer, _) = push(&daemon.http, &[token(60)], None, "later").await;
+    assert_eq!(code, 202, "{answer}");
+    let id = ids(&answer).remove(0);
+    let waiting = |c: u16, v: &serde_json::Value| {
+        c == 200
+            && v["state"] == "queued"
+            && v["attempts"].as_u64() >= Some(1)
+            && v["next_attempt_at"].is_u64()
+    };
+    let before = wait_status(&daemon.http, &id, "queued for its retry", waiting).await;
+    assert!(
+        before["last_reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("ServiceUnavailable")),
+        "{before}"
+    );
+    let due = before["next_attempt_at"].as_u64().unwrap();
+    let same = |after: &serde_json::Value, how: &str| {
+        assert_eq!(after["attempts"], before["attempts"], "{how}: {after}");
+        // Restored as a delay from now: the second it falls in may move by one.
+        let at = after["next_attempt_at"].as_u64().unwrap();
+        assert!(at.abs_diff(due) <= 1, "{how}: due at {due}, now {after}");
+    };
+
+    daemon.terminate();
+    let daemon = Daemon::start(&config);
+    let after = wait_status(&daemon.http, &id, "restored after SIGTERM", waiting).await;
+    same(&after, "after SIGTERM");
+
+    daemon.kill9();
+    let daemon = Daemon::start(&config);
+    let after = wait_status(&daemon.http, &id, "restored after kill -9", waiting).await;
+    same(&after, "after kill -9");
+    daemon.terminate();
+    sim.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_retried_request_after_kill_9_sends_each_notification_once() {
     let dir = tempfile::tempdir().unwrap();

@@ -477,3 +477,169 @@ async fn a_redirect_is_not_taken_for_delivery() {
     );
     daemon.terminate();
 }
+
+/// `herald serve` at the default log level (no `RUST_LOG`), its standard error into `err`.
+fn start_logging_to(config: &Path, err: &Path) -> Daemon {
+    use std::io::{BufRead, BufReader};
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_herald"))
+        .args(["serve", "-c"])
+        .arg(config)
+        .env_remove("RUST_LOG")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::fs::File::create(err).unwrap())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let v: serde_json::Value =
+        serde_json::from_str(&line).unwrap_or_else(|e| panic!("ready line {line:?}: {e}"));
+    Daemon {
+        child,
+        http: v["http"][0].as_str().unwrap().to_owned(),
+        esmtp: v["esmtp"][0].as_str().unwrap().to_owned(),
+    }
+}
+
+/// The lines of the log at `path` that contain `what`, once there are `n` of them at least.
+async fn wait_log_lines(path: &Path, what: &str, n: usize) -> Vec<String> {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let log = std::fs::read_to_string(path).unwrap_or_default();
+        let lines: Vec<String> = log
+            .lines()
+            .filter(|l| l.contains(what))
+            .map(str::to_owned)
+            .collect();
+        if lines.len() >= n {
+            return lines;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no {n} lines with {what:?} in the log: {log}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A receiver that cannot be reached is named in a warning at the default log level, with the cause (`Connection
+/// refused`) and its host and port, the URL's password and query masked: one line for its first failure, not one per
+/// retry, and one line when it takes outcomes again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_receiver_that_cannot_be_reached_is_logged_with_its_cause() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::generate(&dir.path().join("pki"), &[TOPIC.to_string()]).unwrap();
+    let port = free_port();
+    let sim = start_sim(&pki, port, &[]).await;
+    // Nothing listens there until the receiver starts below.
+    let hook_port = free_port();
+    let url = format!("http://hook:pw-secret@127.0.0.1:{hook_port}/hook?token=q-secret");
+    let config = write_config(dir.path(), &pki, port, &[("hooks.example", &url, 100_000)]);
+    let err = dir.path().join("stderr.log");
+    let daemon = start_logging_to(&config, &err);
+    let ids = push(&daemon.http, "hooks.example", &[token(1)]).await;
+    let deadline = Instant::now() + WAIT;
+    while metric(
+        &daemon.http,
+        "herald_webhook_failures_total{domain=\"hooks.example\"}",
+    )
+    .await
+    .unwrap_or(0)
+        < 3
+    {
+        assert!(Instant::now() < deadline, "the webhook did not fail thrice");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let failed = wait_log_lines(&err, "outcome webhook", 1).await;
+    assert_eq!(failed.len(), 1, "a line per failure: {failed:?}");
+    let line = &failed[0];
+    assert!(line.contains("WARN"), "{line}");
+    assert!(
+        line.contains(&format!(
+            "http://hook:********@127.0.0.1:{hook_port}/hook?********"
+        )),
+        "{line}"
+    );
+    assert!(line.to_lowercase().contains("connection refused"), "{line}");
+    assert!(!line.contains("secret"), "{line}");
+
+    let receiver = Arc::new(Receiver::default());
+    let app = axum::Router::new()
+        .route("/hook", post(receive))
+        .with_state(receiver.clone());
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", hook_port))
+        .await
+        .unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    assert_every_id_arrived(&receiver, &ids).await;
+    let recovered = wait_log_lines(&err, "takes outcomes again", 1).await;
+    assert!(!recovered[0].contains("secret"), "{recovered:?}");
+    daemon.terminate();
+    sim.shutdown().await;
+}
+
+/// A graceful stop lets the webhook batch in flight get its answer within the grace period, and records it: a
+/// receiver that takes its time (4 s, within the 10 s request timeout) does not get the same batch again after the
+/// restart (docs/api.md "Outcome webhooks": without a crash, a late answer or a broken connection, each outcome
+/// arrives once).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_in_flight_at_a_graceful_stop_is_not_sent_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::generate(&dir.path().join("pki"), &[TOPIC.to_string()]).unwrap();
+    let port = free_port();
+    let sim = start_sim(&pki, port, &[]).await;
+    // Every id the receiver took, once per time it took it; its first request is answered after 4 s.
+    let took: Arc<Mutex<Vec<String>>> = Arc::default();
+    let requests = Arc::new(AtomicUsize::new(0));
+    let app = axum::Router::new().route(
+        "/hook",
+        post({
+            let (took, requests) = (took.clone(), requests.clone());
+            move |body: axum::body::Bytes| {
+                let (took, requests) = (took.clone(), requests.clone());
+                async move {
+                    if requests.fetch_add(1, Ordering::SeqCst) == 0 {
+                        tokio::time::sleep(Duration::from_secs(4)).await;
+                    }
+                    let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+                    let mut took = took.lock().unwrap();
+                    for e in v["outcomes"].as_array().unwrap() {
+                        took.push(e["id"].as_str().unwrap().to_owned());
+                    }
+                    StatusCode::NO_CONTENT
+                }
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/hook", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    let config = write_config(dir.path(), &pki, port, &[("hooks.example", &url, 100_000)]);
+
+    let daemon = Daemon::start(&config);
+    let first = push(&daemon.http, "hooks.example", &[token(1)]).await;
+    let deadline = Instant::now() + WAIT;
+    while requests.load(Ordering::SeqCst) == 0 {
+        assert!(Instant::now() < deadline, "the webhook was never sent");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    daemon.terminate();
+    assert_eq!(
+        *took.lock().unwrap(),
+        first,
+        "the answer came after the stop"
+    );
+
+    // After the restart, a later outcome arrives; the first one is not sent again before it.
+    let daemon = Daemon::start(&config);
+    let later = push(&daemon.http, "hooks.example", &[token(2)]).await;
+    let deadline = Instant::now() + WAIT;
+    while !took.lock().unwrap().contains(&later[0]) {
+        assert!(Instant::now() < deadline, "the later outcome never arrived");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(*took.lock().unwrap(), [first, later].concat());
+    daemon.terminate();
+    sim.shutdown().await;
+}

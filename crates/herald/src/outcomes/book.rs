@@ -479,8 +479,10 @@ impl StatusBook {
     }
 }
 
-impl OutcomeListener for StatusBook {
-    fn queued(&self, n: &Notification, retries: u32) {
+impl StatusBook {
+    /// Follows `n`, in its queue after `retries` failed attempts; `next_attempt_at` (Unix seconds) when it is held
+    /// back until then ([`OutcomeListener::queued_until`]), else it keeps what it had.
+    fn enter_queue(&self, n: &Notification, retries: u32, next_attempt_at: Option<u64>) {
         let key = key_of(n.id);
         // Pulled from the stream by this node: the book follows it from here, with the last reason this node
         // knew of (it gave the notification back after that failure).
@@ -498,13 +500,40 @@ impl OutcomeListener for StatusBook {
         if !matches!(entry.phase, Phase::Final(_)) {
             entry.attempts = retries;
         }
-        // Back in its queue from a connection that had not sent it (a pause, a route gone, a connection lost
-        // before sending): it waits again.
-        if matches!(entry.phase, Phase::InFlight) {
-            entry.phase = Phase::Queued {
-                next_attempt_at: None,
-            };
+        match (&entry.phase, next_attempt_at) {
+            (Phase::Final(_), _) => {}
+            // Held back until a time it was given (restored from the spool): the lookup shows when it is due.
+            (_, Some(at)) => {
+                entry.phase = Phase::Queued {
+                    next_attempt_at: Some(at),
+                }
+            }
+            // Back in its queue from a connection that had not sent it (a pause, a route gone, a connection lost
+            // before sending): it waits again.
+            (Phase::InFlight, None) => {
+                entry.phase = Phase::Queued {
+                    next_attempt_at: None,
+                }
+            }
+            (Phase::Queued { .. }, None) => {}
         }
+    }
+}
+
+/// `t` in Unix seconds (0 before the epoch).
+fn unix_secs(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+impl OutcomeListener for StatusBook {
+    fn queued(&self, n: &Notification, retries: u32) {
+        self.enter_queue(n, retries, None);
+    }
+
+    fn queued_until(&self, n: &Notification, retries: u32, next_attempt: SystemTime) {
+        self.enter_queue(n, retries, Some(unix_secs(next_attempt)));
     }
 
     fn in_flight(&self, id: MessageId) {
@@ -631,10 +660,7 @@ impl OutcomeListener for StatusBook {
     }
 
     fn rescheduled(&self, id: MessageId, retries: u32, next_attempt: SystemTime) {
-        let at = next_attempt
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0);
+        let at = unix_secs(next_attempt);
         self.with_entry(id, |e| {
             if !matches!(e.phase, Phase::Final(_)) {
                 e.attempts = retries;
@@ -952,6 +978,31 @@ mod tests {
         book.rescheduled(n.id, 1, due);
         book.queued(&n, 1);
         assert_eq!(state(), ("queued".to_owned(), Some(2_000_000_000)));
+    }
+
+    /// A notification restored after a restart with its retry still ahead is `queued` with the attempts and the
+    /// next attempt time the spool kept, from the moment the book follows it (one call: no lookup finds it queued
+    /// without its next attempt); it has no `last_reason` (the spool does not keep it) until its next failure.
+    #[tokio::test]
+    async fn a_restored_notification_shows_its_attempts_and_next_attempt() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(OutcomeStore::open(dir.path()).unwrap());
+        let book = StatusBook::new(store, Duration::from_secs(3600), 1_000_000);
+        let n = notification(IdGenerator::new(0).next(), "book.example", 1);
+        let due = SystemTime::UNIX_EPOCH + Duration::from_millis(2_000_000_000_750);
+        book.queued_until(&n, 3, due);
+        let Ok(Found::Status(s)) = book.lookup(&key_of(n.id)) else {
+            panic!("{:?}", book.lookup(&key_of(n.id)));
+        };
+        assert_eq!(
+            (
+                s.state.as_str(),
+                s.attempts,
+                s.next_attempt_at,
+                s.last_reason
+            ),
+            ("queued", 3, Some(2_000_000_000), None)
+        );
     }
 
     #[tokio::test]

@@ -40,6 +40,15 @@ pub trait OutcomeListener: Send + Sync + 'static {
     fn outcome(&self, record: &OutcomeRecord<'_>);
     /// After a transient failure: the next attempt is due at `next_attempt`.
     fn rescheduled(&self, _id: MessageId, _retries: u32, _next_attempt: SystemTime) {}
+    /// The notification entered its queue held back until `next_attempt`, after `retries` failed attempts: restored
+    /// after a restart with the retry it waited for still ahead (the spool keeps the retry count and that time, not
+    /// the reason of the last failure). By default [`OutcomeListener::queued`], then
+    /// [`OutcomeListener::rescheduled`]; a listener that answers lookups records both at once, so that no lookup
+    /// finds it queued without its next attempt.
+    fn queued_until(&self, notification: &Notification, retries: u32, next_attempt: SystemTime) {
+        self.queued(notification, retries);
+        self.rescheduled(notification.id, retries, next_attempt);
+    }
     /// After a transient failure: the notification went back to the shared store for its retry (the JetStream
     /// spool), to be delivered by whichever node pulls it; this node hears nothing more of it.
     fn left(&self, _id: MessageId) {}
@@ -221,6 +230,11 @@ impl OutcomeListener for Fanout {
         self.0
             .iter()
             .for_each(|l| l.rescheduled(id, retries, next_attempt));
+    }
+    fn queued_until(&self, n: &Notification, retries: u32, next_attempt: SystemTime) {
+        self.0
+            .iter()
+            .for_each(|l| l.queued_until(n, retries, next_attempt));
     }
     fn left(&self, id: MessageId) {
         self.0.iter().for_each(|l| l.left(id));

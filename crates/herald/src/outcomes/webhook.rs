@@ -20,7 +20,11 @@
 //! do not all retry at once. After
 //! a crash, the events of a partly delivered chunk that were sent after the last recorded point are sent again (at
 //! least once, never lost). So is a batch whose 2xx comes after [`REQUEST_TIMEOUT`] or is lost in transit: herald
-//! takes it for a failure and retries; receivers deduplicate by `id`. A queue with nothing waiting for
+//! takes it for a failure and retries; receivers deduplicate by `id`. A graceful stop starts no batch and gives the
+//! batches in flight the rest of the grace period for their answer, recorded as at any time
+//! ([`Webhooks::finish_sending`]), so that a batch taken is not sent again after the restart. A failed request names
+//! its receiver (password and query masked) and every cause, and is logged as a warning at most once a minute per
+//! receiver, with one line when it takes batches again ([`FailureLog`]). A queue with nothing waiting for
 //! [`RETIRE_AFTER`] retires (its sender ends, its rows leave the store, its counters stay, those of the
 //! [`RETIRED_KEPT`] most recently retired), so that domains whose names keep changing do not grow memory for good;
 //! its rows are deleted without holding the map of queues, so `/metrics` and the other senders go on meanwhile.
@@ -79,6 +83,12 @@ const MAX_BACKOFF: Duration = Duration::from_secs(60);
 /// How often at most a queue logs the outcomes it dropped as older than `outcome_webhook_max_age` (the line says how
 /// many since the last one): after a long outage every batch read back may be stale.
 const STALE_LOG_EVERY: Duration = Duration::from_secs(60);
+/// How often at most the failures of requests to one receiver (URL) are logged as a warning: its first failure is,
+/// then one line per this long at most, counting the failures since the last ([`FailureLog`]).
+const FAILURE_LOG_EVERY: Duration = Duration::from_secs(60);
+/// The receivers (URLs) whose failures [`FailureLog`] follows at most: beyond, those that have logged nothing for
+/// [`FAILURE_LOG_EVERY`] are forgotten, and a failure of one more receiver is logged without being followed.
+const FAILURE_LOG_URLS: usize = 1_000;
 
 /// A domain's webhook options.
 #[derive(Clone, PartialEq, Eq)]
@@ -543,6 +553,14 @@ pub struct Webhooks {
     /// The client every webhook is POSTed with, or why it could not be built: then no webhook is sent, and each
     /// domain's queue keeps its events (within its backlog) with this error as its last one.
     http: Result<reqwest::Client, String>,
+    /// The stop began ([`Webhooks::finish_sending`]): no sender starts a batch any more.
+    stopping: std::sync::atomic::AtomicBool,
+    /// Batches in flight: from just before a sender's request until its answer is recorded ([`InFlight`]).
+    in_flight: AtomicUsize,
+    /// Signalled when the last batch in flight ends.
+    none_in_flight: tokio::sync::Notify,
+    /// What the warnings about failed requests last said, by receiver.
+    failure_log: Mutex<FailureLog>,
     /// Runs on the blocking pool just before the next retirement deletes its queue's rows (tests).
     #[cfg(test)]
     before_forget: Mutex<Option<Box<dyn FnOnce() + Send>>>,
@@ -657,6 +675,10 @@ impl Webhooks {
             senders,
             _stop_senders: stop_senders,
             http,
+            stopping: std::sync::atomic::AtomicBool::new(false),
+            in_flight: AtomicUsize::new(0),
+            none_in_flight: tokio::sync::Notify::new(),
+            failure_log: Mutex::new(FailureLog::default()),
             #[cfg(test)]
             before_forget: Mutex::new(None),
         });
@@ -717,6 +739,74 @@ impl Webhooks {
         let reached = super::reached(&self.stored, target, within).await;
         super::sync_store(&self.store, within.saturating_sub(started.elapsed())).await;
         reached
+    }
+
+    /// At a graceful stop: from now on no sender starts a batch (what waits is sent after the restart), and the
+    /// batches in flight get `within` for the receiver's answer, recorded as at any time (a 2xx moves the queue's
+    /// head past the batch, in the store), so that a batch the receiver took is not sent again after the restart.
+    /// Call it before [`Webhooks::flush`], whose sync makes those records durable. Returns how many batches were
+    /// still unanswered when the time ran out: those are cut off as the process ends, and sent again after the
+    /// restart (at least once).
+    pub async fn finish_sending(&self, within: Duration) -> usize {
+        self.stopping.store(true, Ordering::SeqCst);
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let none_left = self.none_in_flight.notified();
+            tokio::pin!(none_left);
+            // Registered before the count is read: the last batch's end cannot slip between the two.
+            none_left.as_mut().enable();
+            let left = self.in_flight.load(Ordering::SeqCst);
+            if left == 0 {
+                return 0;
+            }
+            if tokio::time::timeout_at(deadline, none_left).await.is_err() {
+                return self.in_flight.load(Ordering::SeqCst);
+            }
+        }
+    }
+
+    /// A sender is about to POST a batch: counted in flight until the guard goes, or `None` once the stop began
+    /// ([`Webhooks::finish_sending`]). Counted before the stop is looked at: either the stop sees this batch, or
+    /// the batch sees the stop.
+    fn batch_starts(&self) -> Option<InFlight<'_>> {
+        self.in_flight.fetch_add(1, Ordering::SeqCst);
+        let guard = InFlight(self);
+        (!self.stopping.load(Ordering::SeqCst)).then_some(guard)
+    }
+
+    /// A request of `domain`'s sender to `url` failed with `error`: a warning, at most once per
+    /// [`FAILURE_LOG_EVERY`] for the receiver ([`FailureLog`]).
+    fn failed(&self, domain: &str, url: &str, error: &str) {
+        let Some(failures) = lock(&self.failure_log).failed(url, Instant::now()) else {
+            return;
+        };
+        // A request that failed names its receiver already; an answer it gave does not.
+        let shown = herald_conf::secrets::mask_url_credentials(url);
+        let shown = shown.as_deref().unwrap_or(url);
+        let receiver = if error.contains(shown) {
+            String::new()
+        } else {
+            format!(" (POST {shown})")
+        };
+        tracing::warn!(
+            %domain, failures,
+            "outcome webhook: {error}{receiver}; its outcomes wait in its queue and the request is retried with \
+             backoff (`failures`: failed requests to this receiver since the last such line, at most one a minute)"
+        );
+    }
+
+    /// A request of `domain`'s sender to `url` was taken: one line when its failures were logged.
+    fn took(&self, domain: &str, url: &str) {
+        let Some((failures, over)) = lock(&self.failure_log).took(url, Instant::now()) else {
+            return;
+        };
+        let shown = herald_conf::secrets::mask_url_credentials(url);
+        tracing::info!(
+            %domain,
+            "outcome webhook: {} takes outcomes again, after {failures} failed requests over {:?}",
+            shown.as_deref().unwrap_or(url),
+            Duration::from_millis(u64::try_from(over.as_millis()).unwrap_or(u64::MAX))
+        );
     }
 
     /// Forgets the options resolved so far (after a configuration reload); events already written stay. Wakes
@@ -930,6 +1020,18 @@ impl Webhooks {
             "Webhook requests that failed (no answer, timeout, non-2xx).",
             &|s| s.failures,
         );
+    }
+}
+
+/// A batch a sender has in flight ([`Webhooks::batch_starts`]): uncounted when dropped, which wakes
+/// [`Webhooks::finish_sending`] once none is left.
+struct InFlight<'a>(&'a Webhooks);
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        if self.0.in_flight.fetch_sub(1, Ordering::SeqCst) == 1 {
+            self.0.none_in_flight.notify_waiters();
+        }
     }
 }
 
@@ -1342,6 +1444,10 @@ async fn send_loop(hooks: Weak<Webhooks>, domain: String, q: Arc<Queue>) {
         let ts = now_secs();
         let body_len = body.len();
         let sig = signature(settings.secret.as_bytes(), ts, &body);
+        let Some(in_flight) = h.batch_starts() else {
+            // The stop began: no batch starts any more; what waits is sent after the restart.
+            return;
+        };
         if !lock(&q.chunks).start_sending(first_seq, last_seq + 1) {
             // The writer dropped some of these events (beyond the backlog) since they were read: read again.
             continue;
@@ -1356,7 +1462,7 @@ async fn send_loop(hooks: Weak<Webhooks>, domain: String, q: Arc<Queue>) {
             .await;
         // Events of the batch the writer's trim passed meanwhile: delivered if it is taken, dropped otherwise.
         let trimmed = lock(&q.chunks).sent();
-        let error = match answer(result, sent, body_len) {
+        let error = match answer(result, sent, body_len, &settings.url) {
             Answer::Taken => None,
             Answer::TooLarge(e) => match size.refused(sent, body_len) {
                 // One event alone within the receiver's limit as known (now lowered below it: refused alone again,
@@ -1405,6 +1511,8 @@ async fn send_loop(hooks: Weak<Webhooks>, domain: String, q: Arc<Queue>) {
                     stale_dropped(&mut stale_log, &domain, stale);
                 }
                 backoff.reset();
+                drop(in_flight);
+                h.took(&domain, &settings.url);
             }
             Some(e) => {
                 q.failures.fetch_add(1, Ordering::Relaxed);
@@ -1415,7 +1523,9 @@ async fn send_loop(hooks: Weak<Webhooks>, domain: String, q: Arc<Queue>) {
                     backoff.delay,
                     size.limit()
                 );
+                h.failed(&domain, &settings.url, &e);
                 *lock(&q.last_error) = Some(e);
+                drop(in_flight);
                 drop(h);
                 backoff.wait(&q).await;
             }
@@ -1513,26 +1623,127 @@ enum Answer {
     Failed(String),
 }
 
-/// What the answer (or the error) to a batch of `sent` events in `body_len` bytes means.
-fn answer(result: Result<reqwest::Response, reqwest::Error>, sent: u64, body_len: usize) -> Answer {
-    match result {
-        Ok(r) if r.status().is_success() => Answer::Taken,
-        Ok(r) if r.status() == reqwest::StatusCode::PAYLOAD_TOO_LARGE => Answer::TooLarge(format!(
-            "the receiver answered {} to a batch of {sent} outcomes ({body_len} bytes)",
-            r.status()
-        )),
-        Ok(r) => Answer::Failed(format!("the receiver answered {}", r.status())),
-        // Without the URL: its query may carry a secret, and the text reaches the console and the dashboard.
+/// What the answer (or the error) to a batch of `sent` events in `body_len` bytes POSTed to `url` means. A request
+/// that failed names the receiver and every cause (`Connection refused`, a name that does not resolve, a TLS
+/// error), with the URL's password and query masked: the text reaches the log, the console and the dashboard.
+fn answer(
+    result: Result<reqwest::Response, reqwest::Error>,
+    sent: u64,
+    body_len: usize,
+    url: &str,
+) -> Answer {
+    let e = match result {
+        Ok(r) if r.status().is_success() => return Answer::Taken,
+        Ok(r) if r.status() == reqwest::StatusCode::PAYLOAD_TOO_LARGE => {
+            return Answer::TooLarge(format!(
+                "the receiver answered {} to a batch of {sent} outcomes ({body_len} bytes)",
+                r.status()
+            ));
+        }
+        Ok(r) => return Answer::Failed(format!("the receiver answered {}", r.status())),
+        Err(e) => e,
+    };
+    let shown = herald_conf::secrets::mask_url_credentials(url);
+    let shown = shown.as_deref().unwrap_or(url);
+    // Not the error's own URL (unmasked); its causes do not name it, but should one, it is masked too.
+    let (connect, timeout) = (e.is_connect(), e.is_timeout());
+    let mut causes = error_chain(&e.without_url());
+    if shown != url {
+        causes = causes.replace(url, shown);
+    }
+    match (connect, timeout) {
         // A connection not made in time says nothing of the batch (the receiver never saw it): not a reason for
         // smaller batches.
-        Err(e) if e.is_connect() && e.is_timeout() => {
-            Answer::Failed(format!("no connection in time: {}", e.without_url()))
-        }
-        Err(e) if e.is_timeout() => Answer::TimedOut(format!(
-            "no answer in time to a batch of {sent} outcomes ({body_len} bytes): {}",
-            e.without_url()
+        (true, true) => Answer::Failed(format!("no connection to {shown} in time: {causes}")),
+        (false, true) => Answer::TimedOut(format!(
+            "no answer from {shown} in time to a batch of {sent} outcomes ({body_len} bytes): {causes}"
         )),
-        Err(e) => Answer::Failed(format!("request failed: {}", e.without_url())),
+        _ => Answer::Failed(format!("request to {shown} failed: {causes}")),
+    }
+}
+
+/// `error` and its causes, outermost first, joined with `: ` (`error sending request: client error (Connect): tcp
+/// connect error: Connection refused (os error 111)`); a cause whose text is already shown is left out.
+fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = error.to_string();
+    let mut cause = error.source();
+    while let Some(c) = cause {
+        let text = c.to_string();
+        if !text.is_empty() && !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        cause = c.source();
+    }
+    out
+}
+
+/// What the warnings about failed webhook requests last said, by receiver (URL): many domains may share one
+/// receiver, whose outage must not log a line per request of each. A receiver's first failure is logged, then one
+/// line per [`FAILURE_LOG_EVERY`] at most (counting the failures since the last line), and one when it takes a
+/// batch again after a failure was logged.
+#[derive(Default)]
+struct FailureLog {
+    by_url: HashMap<String, UrlFailures>,
+}
+
+#[derive(Debug, Default)]
+struct UrlFailures {
+    /// Since the first failure after the last batch taken (`None`: the last request was taken).
+    since: Option<Instant>,
+    /// Failures since `since`.
+    failures: u64,
+    /// Failures not counted by a line yet.
+    held: u64,
+    /// When the last line about this receiver was logged.
+    last_line: Option<Instant>,
+    /// A failure was logged since the last batch taken: its recovery is logged too.
+    told: bool,
+}
+
+impl FailureLog {
+    /// A request to `url` failed at `now`: `Some(failures since the last line, this one included)` when a warning is
+    /// due.
+    fn failed(&mut self, url: &str, now: Instant) -> Option<u64> {
+        if !self.by_url.contains_key(url) && self.by_url.len() >= FAILURE_LOG_URLS {
+            self.by_url.retain(|_, f| {
+                f.last_line
+                    .is_some_and(|at| now.saturating_duration_since(at) < FAILURE_LOG_EVERY)
+            });
+            if self.by_url.len() >= FAILURE_LOG_URLS {
+                return Some(1);
+            }
+        }
+        let f = self.by_url.entry(url.to_owned()).or_default();
+        f.since.get_or_insert(now);
+        f.failures += 1;
+        f.held += 1;
+        if f.last_line
+            .is_some_and(|at| now.saturating_duration_since(at) < FAILURE_LOG_EVERY)
+        {
+            return None;
+        }
+        f.last_line = Some(now);
+        f.told = true;
+        Some(std::mem::take(&mut f.held))
+    }
+
+    /// A request to `url` was taken at `now`: `Some((failures, how long they lasted))` when a line was logged about
+    /// the failures before it (its recovery is logged then). A receiver that logged nothing for
+    /// [`FAILURE_LOG_EVERY`] is forgotten.
+    fn took(&mut self, url: &str, now: Instant) -> Option<(u64, Duration)> {
+        let f = self.by_url.get_mut(url)?;
+        let recovered = match (f.told, f.since) {
+            (true, Some(since)) => Some((f.failures, now.saturating_duration_since(since))),
+            _ => None,
+        };
+        (f.since, f.failures, f.held, f.told) = (None, 0, 0, false);
+        if f.last_line
+            .is_none_or(|at| now.saturating_duration_since(at) >= FAILURE_LOG_EVERY)
+        {
+            self.by_url.remove(url);
+        }
+        recovered
     }
 }
 
@@ -2455,13 +2666,10 @@ mod tests {
         let post = |addr: std::net::SocketAddr| {
             let http = http.clone();
             async move {
-                let result = http
-                    .post(format!("http://{addr}/hook"))
-                    .body("{}")
-                    .send()
-                    .await;
+                let url = format!("http://{addr}/hook");
+                let result = http.post(&url).body("{}").send().await;
                 let reached = result.as_ref().map_or_else(|e| !e.is_connect(), |_| true);
-                (answer(result, 1, 2), reached)
+                (answer(result, 1, 2, &url), reached)
             }
         };
         // Refused: nothing listens there any more.
@@ -2491,18 +2699,181 @@ mod tests {
         let (refused, unreachable, silent) =
             tokio::join!(post(refused), post(unreachable), post(silent_addr));
         assert!(
-            matches!(&refused, (Answer::Failed(e), false) if e.starts_with("request failed")),
+            matches!(&refused, (Answer::Failed(e), false) if e.starts_with("request to")),
             "{refused:?}"
         );
         assert!(
-            matches!(&unreachable, (Answer::Failed(e), false) if e.starts_with("no connection in time")),
+            matches!(&unreachable, (Answer::Failed(e), false) if e.starts_with("no connection to")),
             "{unreachable:?}"
         );
         assert!(
-            matches!(&silent, (Answer::TimedOut(e), true) if e.starts_with("no answer in time")),
+            matches!(&silent, (Answer::TimedOut(e), true) if e.starts_with("no answer from")),
             "{silent:?}"
         );
         drop(full);
+    }
+
+    /// A request that fails names its receiver (host and port) and every cause down to the system's (`Connection
+    /// refused`), with the password of the URL's user information and its query masked.
+    #[tokio::test]
+    async fn a_failed_request_names_its_receiver_and_its_cause_without_secrets() {
+        let refused = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap();
+        let url = format!("http://hook:pw-secret@{refused}/hook?token=q-secret");
+        let result = http_client().unwrap().post(&url).body("{}").send().await;
+        let Answer::Failed(e) = answer(result, 1, 2, &url) else {
+            panic!("not a failure");
+        };
+        assert!(
+            e.starts_with(&format!(
+                "request to http://hook:********@{refused}/hook?******** failed: "
+            )),
+            "{e}"
+        );
+        assert!(e.to_lowercase().contains("connection refused"), "{e}");
+        assert!(!e.contains("secret"), "{e}");
+    }
+
+    #[test]
+    fn an_error_chain_shows_each_cause_once() {
+        #[derive(Debug)]
+        struct Outer(std::io::Error);
+        impl std::fmt::Display for Outer {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("error sending request")
+            }
+        }
+        impl std::error::Error for Outer {
+            fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+                Some(&self.0)
+            }
+        }
+        let e = Outer(std::io::Error::new(
+            std::io::ErrorKind::ConnectionRefused,
+            "Connection refused",
+        ));
+        assert_eq!(error_chain(&e), "error sending request: Connection refused");
+    }
+
+    /// A receiver's failures are logged as warnings: the first, then one line a minute at most counting those since
+    /// the last, and one line when it takes a batch again; a receiver that takes batches without having logged a
+    /// failure logs nothing, and one that fails again soon after it recovered waits for its minute.
+    #[test]
+    fn a_receivers_failures_are_logged_once_a_minute_and_its_recovery_once() {
+        let mut log = FailureLog::default();
+        let t0 = Instant::now();
+        let at = |s: u64| t0 + Duration::from_secs(s);
+        let (a, b) = ("http://a.example/hook", "http://b.example/hook");
+        assert_eq!(log.took(a, at(0)), None);
+        assert_eq!(log.failed(a, at(0)), Some(1));
+        assert_eq!(log.failed(a, at(1)), None);
+        assert_eq!(log.failed(a, at(30)), None);
+        // Another receiver has its own line.
+        assert_eq!(log.failed(b, at(30)), Some(1));
+        assert_eq!(log.failed(a, at(60)), Some(3));
+        assert_eq!(log.took(a, at(70)), Some((4, Duration::from_secs(70))));
+        assert_eq!(log.took(a, at(71)), None);
+        // Failing again within the minute of its last line: held, and its recovery then is not logged either.
+        assert_eq!(log.failed(a, at(80)), None);
+        assert_eq!(log.took(a, at(81)), None);
+        assert_eq!(log.failed(a, at(130)), Some(1));
+        // Taken a minute after its last line, a receiver is forgotten.
+        assert_eq!(log.took(b, at(100)), Some((1, Duration::from_secs(70))));
+        assert!(!log.by_url.contains_key(b));
+    }
+
+    /// Beyond [`FAILURE_LOG_URLS`] receivers, those quiet for a minute are forgotten to make room; while all are
+    /// recent, one more receiver's failure is logged without being followed.
+    #[test]
+    fn the_failure_log_follows_a_bounded_number_of_receivers() {
+        let mut log = FailureLog::default();
+        let t0 = Instant::now();
+        for i in 0..FAILURE_LOG_URLS {
+            assert_eq!(log.failed(&format!("http://h{i}.example/"), t0), Some(1));
+        }
+        assert_eq!(log.failed("http://more.example/", t0), Some(1));
+        assert_eq!(log.failed("http://more.example/", t0), Some(1));
+        assert_eq!(log.by_url.len(), FAILURE_LOG_URLS);
+        let later = t0 + FAILURE_LOG_EVERY;
+        assert_eq!(log.failed("http://more.example/", later), Some(1));
+        assert_eq!(log.by_url.len(), 1);
+    }
+
+    /// At a graceful stop the batch in flight gets its answer (within the time given) and the answer is recorded in
+    /// the store, so that the receiver does not get it again after the restart; no batch starts after the stop,
+    /// and what waited then is sent after the restart.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_batch_in_flight_at_the_stop_is_answered_and_not_sent_again() {
+        use crate::outcomes::fixtures::{delivered, notification, wait_until};
+        use crate::queue::message::IdGenerator;
+        let release = Arc::new(tokio::sync::Notify::new());
+        let gate = release.clone();
+        let (url, script) = scripted(move |i, _| {
+            let gate = gate.clone();
+            Box::pin(async move {
+                // The first request is answered only once the test lets it.
+                if i == 0 {
+                    gate.notified().await;
+                }
+                StatusCode::OK
+            })
+        })
+        .await;
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(OutcomeStore::open(dir.path()).unwrap());
+        let hook = settings(&url, 1_000_000);
+        let resolve = move |_: &str| Some(hook.clone());
+        // A request timeout no loaded machine reaches: the first answer comes when the test lets it.
+        let hooks = Webhooks::start_with(
+            store.clone(),
+            Box::new(resolve.clone()),
+            http_client_with(Duration::from_secs(300)),
+            RETIRE_AFTER,
+        );
+        let ids = IdGenerator::new(0);
+        let first = notification(ids.next(), "stop.example", 1);
+        hooks.outcome(&delivered(&first));
+        wait_until("the receiver got the first batch", || {
+            lock(&script.batches).len() == 1
+        })
+        .await;
+
+        let stop = tokio::spawn({
+            let hooks = hooks.clone();
+            async move { hooks.finish_sending(Duration::from_secs(60)).await }
+        });
+        wait_until("the stop began", || hooks.stopping.load(Ordering::SeqCst)).await;
+        // An outcome after the stop is stored for the restart.
+        let second = notification(ids.next(), "stop.example", 2);
+        hooks.outcome(&delivered(&second));
+        assert!(hooks.flush(Duration::from_secs(30)).await);
+        // The stop waits for the answer to the batch in flight.
+        assert!(!stop.is_finished());
+        release.notify_one();
+        assert_eq!(stop.await.unwrap(), 0, "a batch was cut off");
+        // The sender, free again, does not send what waits: it ends instead (the map and the test hold its queue).
+        let q = lock(&hooks.queues)["stop.example"].clone();
+        wait_until("the sender ended", || Arc::strong_count(&q) == 2).await;
+        assert_eq!(lock(&script.batches).len(), 1);
+        let stats = hooks.stats().remove(0);
+        assert_eq!((stats.delivered, stats.backlog), (1, 1), "{stats:?}");
+        let stored = store.hook_queues().unwrap();
+        assert_eq!(stored[0].head, 2, "the answer was not recorded");
+        drop((q, hooks));
+
+        // After the restart: only what was not taken is sent.
+        let hooks = Webhooks::start(store.clone(), Box::new(resolve));
+        wait_until("the waiting outcome arrived", || {
+            lock(&script.took).len() >= 2
+        })
+        .await;
+        assert_eq!(
+            *lock(&script.took),
+            vec![first.id.to_string(), second.id.to_string()]
+        );
+        assert_eq!(hooks.stats()[0].delivered, 1);
     }
 
     /// A receiver that refuses bodies above 64 KB (413) gets every outcome, in smaller batches; an outcome it refuses
@@ -2651,7 +3022,7 @@ mod tests {
             stats
                 .last_error
                 .as_deref()
-                .is_some_and(|e| e.contains("no answer in time")),
+                .is_some_and(|e| e.contains("no answer from")),
             "{stats:?}"
         );
     }

@@ -1448,7 +1448,15 @@ impl Engine {
             handed: false,
         };
         if let Some(l) = self.shared.listener.get() {
-            l.queued(&item.notification, item.retries);
+            match delay {
+                // Restored from the spool with its retry still ahead: its status shows when it is due.
+                Some(d) => l.queued_until(
+                    &item.notification,
+                    item.retries,
+                    std::time::SystemTime::now() + d,
+                ),
+                None => l.queued(&item.notification, item.retries),
+            }
         }
         let event = match delay {
             Some(d) => DomainEvent::EnqueueDelayed(item, d),
