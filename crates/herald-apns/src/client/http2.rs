@@ -478,6 +478,48 @@ fn is_answer(result: &PushResult) -> bool {
 /// The provider token a request carried, so an `ExpiredProviderToken` answer retires exactly that one.
 type TokenUsed = Option<Arc<str>>;
 
+/// Whether a connection's adaptive limit ramps up on answers that show the server keeps up, which the pool reads
+/// ([`ConnectionState::is_ramping_up`]) to open further connections for a backlog before this one carries all the
+/// server allows. Slow start alone shows too little: it ends only once a whole window of answers averages slow, and
+/// a server that queues requests first in first out (a busy APNs) answers the first of a round at once and each next
+/// one later, so slow start goes on for a moment while answers already queue, and a backlog would open connection
+/// after connection into that queue, each with a round of streams that cannot be taken back (timeouts, and so
+/// duplicates). So the ramp counts once a full round of answers (as many as the limit started at) came back within
+/// the limit's target, and no longer once one answer came back slower (the connection then asks for help only when
+/// it carries all the server allows).
+struct RampProof {
+    /// Answers a round holds: the limit the connection started at.
+    round: usize,
+    /// Answers within the target so far.
+    fast: usize,
+    /// An answer (or a timeout) came back slower than the target.
+    slow_seen: bool,
+}
+
+impl RampProof {
+    fn new(round: usize) -> RampProof {
+        RampProof {
+            round,
+            fast: 0,
+            slow_seen: false,
+        }
+    }
+
+    /// Records an answer's round trip, as the limiter timed it, against the target the limiter aims under after it.
+    fn on_sample(&mut self, rtt: Duration, target: Duration) {
+        if rtt <= target {
+            self.fast = self.fast.saturating_add(1);
+        } else {
+            self.slow_seen = true;
+        }
+    }
+
+    /// The limit is in its slow start, a full round came back fast, and nothing came back slow.
+    fn ramping(&self, limiter: &AdaptiveLimit) -> bool {
+        limiter.in_slow_start() && !self.slow_seen && self.fast >= self.round
+    }
+}
+
 /// A connection's provider token ([`ConnectionToken`]: the one it adopted, and when) and the `authorization` value
 /// built from it, built once per token.
 #[derive(Default)]
@@ -527,6 +569,7 @@ impl<T: Send + 'static> Dispatcher<T> {
             Some(n) => AdaptiveLimit::starting_at(self.opts.response_timeout, Instant::now(), n),
             None => AdaptiveLimit::new(self.opts.response_timeout, Instant::now()),
         };
+        let mut ramp = RampProof::new(limiter.limit());
 
         // A job the loop holds outside the queue, `held` and `in_flight` while it works on it (see `InHand`).
         let mut in_hand = InHand::Empty;
@@ -549,7 +592,7 @@ impl<T: Send + 'static> Dispatcher<T> {
                     self.state.set_in_flight(in_flight.len());
                     self.state.set_capacity(server_max);
                     self.state.set_limit(limit);
-                    self.state.set_ramping(limiter.in_slow_start());
+                    self.state.set_ramping(ramp.ramping(&limiter));
                     if !taking && let Some(Held { job, .. }) = held.take() {
                         // Never written: it goes to another connection, without an attempt counted.
                         self.sink.report(
@@ -648,6 +691,7 @@ impl<T: Send + 'static> Dispatcher<T> {
                                 }
                                 if let Some(rtt) = rtt {
                                     limiter.on_sample(rtt, open, last_activity);
+                                    ramp.on_sample(rtt, limiter.target());
                                 }
                                 if no_credit && taking {
                                     // The server gave no window for a whole response timeout: logged once, as the
@@ -1914,6 +1958,44 @@ pub(crate) mod tests {
     use crate::token_hex::DeviceToken;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::net::{TcpListener, TcpStream};
+
+    /// Feeds answers taking `rtts` (ms), all sent at once, to a limit and its ramp proof, and says after each
+    /// whether the connection shows itself ramping up.
+    fn ramping_after(rtts: &[u64]) -> Vec<bool> {
+        let start = Instant::now();
+        let mut limiter = AdaptiveLimit::new(Duration::from_secs(5), start);
+        limiter.set_max(1000);
+        let mut ramp = RampProof::new(limiter.limit());
+        rtts.iter()
+            .map(|&ms| {
+                let rtt = Duration::from_millis(ms);
+                limiter.on_sample(rtt, limiter.limit(), start + rtt);
+                ramp.on_sample(rtt, limiter.target());
+                ramp.ramping(&limiter)
+            })
+            .collect()
+    }
+
+    /// A server that queues requests first in first out, 20 a second: the first answer at once, each next 50 ms
+    /// later. Slow start lasts until a window of answers averages slow, but the connection never shows itself
+    /// ramping up, so a backlog opens no connection into the queue. A server that answers a whole round within its
+    /// usual time (500 ms each) shows it once the round is in, and no longer after an answer came slow.
+    #[test]
+    fn only_a_full_round_of_fast_answers_shows_a_ramp() {
+        let fifo: Vec<u64> = (0..40).map(|k| 1 + 50 * k).collect();
+        assert!(ramping_after(&fifo).iter().all(|r| !r), "{fifo:?}");
+        let round = crate::client::limit::INITIAL_LIMIT;
+        let steady = ramping_after(&vec![500; round + 5]);
+        assert!(steady[..round - 1].iter().all(|r| !r), "{steady:?}");
+        assert!(steady[round - 1..].iter().all(|r| *r), "{steady:?}");
+        let mut one_slow = vec![500; round + 5];
+        one_slow[round] = 1500;
+        let after = ramping_after(&one_slow);
+        assert!(
+            after[round - 1] && after[round..].iter().all(|r| !r),
+            "{after:?}"
+        );
+    }
 
     /// A stream's work for tests: `work`, kept after it has ended (as a future holding h2 stream handles keeps
     /// them), whose drop panics when `armed` unless a panic is already unwinding, as h2's stream handles do once

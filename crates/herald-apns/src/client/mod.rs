@@ -213,7 +213,8 @@ pub struct ConnectionState {
     draining: AtomicBool,
     /// The capacity is the server's settled limit (see [`ConnectionState::is_saturated`]).
     settled: AtomicBool,
-    /// The adaptive limit is still in its slow start (see [`ConnectionState::is_ramping_up`]).
+    /// The adaptive limit is still in its slow start and a full round of its answers came back fast, none slow
+    /// (set by the HTTP/2 connection's ramp check; see [`ConnectionState::is_ramping_up`]).
     ramping: AtomicBool,
     /// When the connection opened.
     opened: Instant,
@@ -285,9 +286,9 @@ impl ConnectionState {
     pub fn is_saturated(&self) -> bool {
         self.settled.load(Ordering::Relaxed) && self.in_flight() >= self.capacity().max(1)
     }
-    /// True when the connection uses all its adaptive limit while that limit is still ramping up (every answer so
-    /// far came fast, and it grows each round trip): it will carry more, and only time holds it back, not the
-    /// server.
+    /// True when the connection uses all its adaptive limit while that limit is still ramping up (a full round of
+    /// answers came fast and none slow, and it grows each round trip): it will carry more, and only time holds it
+    /// back, not the server.
     pub fn is_ramping_up(&self) -> bool {
         self.settled.load(Ordering::Relaxed)
             && self.ramping.load(Ordering::Relaxed)

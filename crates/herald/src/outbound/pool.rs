@@ -3,9 +3,10 @@
 //!
 //! Connections open on demand: the first when work arrives, others while the work waiting is more than the open
 //! ones could carry at the server's stream limits and each of them needs help: it carries all the server allows
-//! (saturated), or uses all of an adaptive limit that is still ramping up with fast answers. A connection held back
-//! by its adaptive limit because answers are slow does neither, so slowness never opens connections; one the server
-//! has not answered yet (one stream until the provider token got through) waits for its answer. Never more than
+//! (saturated), or uses all of an adaptive limit that is still ramping up with fast answers (a full round of them, and
+//! none slow: a server that queues requests answers the first of a round at once). A connection held back by its
+//! adaptive limit because answers are slow does neither, so slowness never opens connections; one the server has not
+//! answered yet (one stream until the provider token got through) waits for its answer. Never more than
 //! `max_outbound_connections` taking work (counting those being opened; a draining connection, which only finishes
 //! what it carries, is not counted), several at once when the backlog asks for them; a
 //! further HTTP/2 connection starts its adaptive limit at the level the open ones reached rather than ramping up
@@ -427,9 +428,11 @@ impl Pool {
     /// How much more work the open connections could take on at the servers' stream limits, counting each attempt
     /// under way as one more like them; `None` while one of them cannot show yet that it needs help: the server has
     /// not answered it yet (APNs allows one stream until a provider token got through), or it does not use all of
-    /// its limit, or its limit is held back by slow answers. So slowness never opens connections, a connection still
-    /// ramping up with fast answers does when the work waiting is more than it will ever carry, and a burst that one
-    /// connection will take on soon opens no other.
+    /// its limit, or its limit is held back by slow answers, or its ramp up has not yet had a full round of fast
+    /// answers or has had a slow one (a server that queues requests first in first out answers the first of a round
+    /// at once and the others later: connections opened then would queue behind it). So slowness never opens
+    /// connections, a connection still ramping up with fast answers does when the work waiting is more than it will
+    /// ever carry, and a burst that one connection will take on soon opens no other.
     fn room_to_grow(&self) -> Option<usize> {
         room_to_grow(
             self.connections
@@ -633,7 +636,7 @@ impl OutcomeSink<Box<Queued>> for HandBackOnce {
 
 /// What [`Pool::room_to_grow`] reads of one connection taking work.
 struct Load {
-    /// Saturated at the server's stream limit, or ramping up with fast answers.
+    /// Saturated at the server's stream limit, or ramping up with a full round of fast answers and no slow one.
     needs_help: bool,
     capacity: usize,
     in_flight: usize,
