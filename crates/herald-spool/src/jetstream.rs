@@ -294,6 +294,9 @@ pub struct JetStreamSpool {
     serves_lookups: AtomicBool,
     /// In-progress acks queued and not yet sent: the keep-alive queues a round only once the last one went out.
     progress_queued: Arc<AtomicU64>,
+    /// In-progress acks the NATS client refused, since start: a round with one of them renews nothing
+    /// ([`RoundOut`]).
+    progress_failed: Arc<AtomicU64>,
     /// The consumer's ack wait as the server has it (milliseconds), which may differ from `options.ack_wait` when
     /// another node changed it: in-progress acks go every third of it, and final acks are sent again for at least
     /// that long ([`final_ack`]).
@@ -396,6 +399,7 @@ impl JetStreamSpool {
         let (tx, rx) = tokio::sync::mpsc::channel(1024);
         let (acks, ack_jobs) = tokio::sync::mpsc::unbounded_channel();
         let progress_queued = Arc::new(AtomicU64::new(0));
+        let progress_failed = Arc::new(AtomicU64::new(0));
         let consumer_ack_wait_ms = Arc::new(AtomicU64::new(duration_ms(options.ack_wait)));
         let held = Arc::new(Mutex::new(Held::default()));
         tokio::spawn(ack_loop(
@@ -403,6 +407,7 @@ impl JetStreamSpool {
                 client: client.clone(),
                 held: held.clone(),
                 ack_wait_ms: consumer_ack_wait_ms.clone(),
+                progress_failed: progress_failed.clone(),
             },
             ack_jobs,
             progress_queued.clone(),
@@ -447,6 +452,7 @@ impl JetStreamSpool {
             last_beat: Mutex::new(None),
             serves_lookups: AtomicBool::new(false),
             progress_queued,
+            progress_failed,
             consumer_ack_wait_ms,
             duplicate_window_ms: AtomicU64::new(duration_ms(options.duplicate_window)),
             duplicates: Arc::new(AtomicU64::new(0)),
@@ -1327,8 +1333,9 @@ struct Held<M> {
     finished: Finished,
     /// Rounds of in-progress acks queued so far ([`keep_alive`]): the number of the last one.
     rounds: u64,
-    /// The last round whose in-progress acks all went out to the NATS client: its number and when it began. Every
-    /// notification held (and not lapsed) when it began had its claim renewed no earlier than that.
+    /// The last round whose in-progress acks the server is known to have (its echo came back: [`RoundOut`]): its
+    /// number and when it began. Every notification held (and not lapsed) when it began had its claim renewed no
+    /// earlier than that.
     renewed: (u64, Instant),
     /// The earliest `since` of the notifications taken in (or claimed again) since the last round began: not
     /// renewed by it.
@@ -1486,7 +1493,7 @@ impl<M> Held<M> {
         self.rounds
     }
 
-    /// Every in-progress ack of round `number`, begun at `start`, went out to the NATS client: the claims it
+    /// The server has every in-progress ack of round `number`, begun at `start` ([`RoundOut`]): the claims it
     /// covered were renewed no earlier than `start`.
     fn round_out(&mut self, number: u64, start: Instant) {
         if number <= self.renewed.0 {
@@ -1731,6 +1738,8 @@ struct NatsAcks {
     held: Arc<Mutex<Held<jetstream::Message>>>,
     /// The consumer's ack wait as the server has it (milliseconds).
     ack_wait_ms: Arc<AtomicU64>,
+    /// In-progress acks the client refused ([`JetStreamSpool::progress_failed`]).
+    progress_failed: Arc<AtomicU64>,
 }
 
 impl AckClient for NatsAcks {
@@ -1752,7 +1761,11 @@ impl AckClient for NatsAcks {
     }
 
     async fn send(&self, message: &jetstream::Message, kind: AckKind) -> Result<(), String> {
-        message.ack_with(kind).await.map_err(|e| e.to_string())
+        let sent = message.ack_with(kind).await.map_err(|e| e.to_string());
+        if sent.is_err() && matches!(kind, AckKind::Progress) {
+            self.progress_failed.fetch_add(1, Ordering::Relaxed);
+        }
+        sent
     }
 
     async fn confirm(&self, message: &jetstream::Message, kind: AckKind) -> Result<(), String> {
@@ -2960,16 +2973,120 @@ fn keep_alive_step(last_round: Instant, period: Duration, now: Instant, queued: 
     }
 }
 
+/// A round of in-progress acks on its way to the server ([`keep_alive`]): it renews the claims it covers only once
+/// the server is known to have every one of its acks, which the NATS client taking them does not tell (cut off from
+/// the server without the connection closing, the client keeps taking them into its buffers, and one that
+/// reconnects drops what it had not written). So once they all went to the client, an echo goes after them on the
+/// same connection, to a subject this node listens to: the server processes a connection's messages in order, and
+/// the echo coming back, on the connection the round began on and with none of its acks refused, means that the
+/// server had every one of them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct RoundOut {
+    /// The round's number ([`Held::start_round`]).
+    number: u64,
+    /// When it began: what it renews is renewed no earlier.
+    start: Instant,
+    /// The client's connections (`Statistics::connects`) when it began: another one since, and what the one before
+    /// had not written is lost.
+    connects: u64,
+    /// In-progress acks refused when it began ([`JetStreamSpool::progress_failed`]).
+    failed: u64,
+    /// Until when its echo is awaited, once sent: past it the round renews nothing.
+    echo_until: Option<Instant>,
+}
+
+/// Where a round of in-progress acks stands ([`RoundOut::check`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum RoundState {
+    /// Its acks are still going to the client, or its echo has not come back yet.
+    Going,
+    /// The server has every one of its acks: it renews the claims it covered.
+    Renewed,
+    /// Some of its acks may not have reached the server (refused, lost with a connection, no echo in time): it
+    /// renews nothing.
+    Lost,
+}
+
+impl RoundOut {
+    /// Where the round stands at `now`: `connects` and `failed` as the client and the ack loop say now, `echoed`
+    /// the highest round number whose echo came back.
+    fn check(&self, connects: u64, failed: u64, echoed: u64, now: Instant) -> RoundState {
+        if connects != self.connects || failed != self.failed {
+            RoundState::Lost
+        } else if echoed >= self.number {
+            RoundState::Renewed
+        } else if self.echo_until.is_some_and(|until| now >= until) {
+            RoundState::Lost
+        } else {
+            RoundState::Going
+        }
+    }
+}
+
+/// How long the echo of a round is awaited ([`RoundOut`]): the limit on NATS requests, and no more than the last
+/// sixth of the ack wait that a claim is not counted on ([`claim_span`]), so that a round that renews nothing
+/// holds up the next one by that much at most.
+fn echo_wait(request_timeout: Duration, ack_wait: Duration) -> Duration {
+    request_timeout
+        .min(ack_wait.saturating_sub(claim_span(ack_wait)))
+        .max(KEEP_ALIVE_TICK)
+}
+
+/// The echoes that came back so far ([`RoundOut`]): the highest round number read, without waiting.
+fn read_echoes(echoes: &mut Option<async_nats::Subscriber>, echoed: &mut u64) {
+    use futures_util::FutureExt;
+    while let Some(sub) = echoes.as_mut() {
+        match sub.next().now_or_never() {
+            None => return,
+            Some(Some(message)) => {
+                if let Some(number) = std::str::from_utf8(&message.payload)
+                    .ok()
+                    .and_then(|n| n.parse::<u64>().ok())
+                {
+                    *echoed = (*echoed).max(number);
+                }
+            }
+            // The client closed: no echo comes any more.
+            Some(None) => *echoes = None,
+        }
+    }
+}
+
+/// Listens on a subject of its own for the echoes of the rounds of in-progress acks ([`RoundOut`]); `None` (with a
+/// warning) when the client cannot: no round then renews a claim, and what this node holds lapses after about the
+/// ack wait.
+async fn listen_for_echoes(
+    client: &async_nats::Client,
+) -> (String, Option<async_nats::Subscriber>) {
+    let subject = client.new_inbox();
+    match client.subscribe(subject.clone()).await {
+        Ok(sub) => (subject, Some(sub)),
+        Err(e) => {
+            tracing::warn!(
+                "JetStream keep-alive: cannot listen on {subject} for the echoes of its in-progress acks ({e}); \
+                 they renew no claim, and what this node holds lapses after about the ack wait"
+            );
+            (subject, None)
+        }
+    }
+}
+
 /// Sends in-progress acks for every held notification, so a slow delivery or a retry wait is not redelivered to
 /// another node while this one still has it: a round every third of the consumer's ack wait as the server has it
-/// (another node may have changed it), looked at again at every check ([`keep_alive_step`]). Once every in-progress
-/// ack of a round went out, the claims it covered count as renewed at its start ([`Held::round_out`]); at every
-/// look, and before a round, the claims not renewed for about the ack wait are marked lapsed ([`JetStreamSpool::sweep`])
-/// and get no more in-progress acks.
+/// (another node may have changed it), looked at again at every check ([`keep_alive_step`]). Once the server is
+/// known to have every in-progress ack of a round (its echo came back: [`RoundOut`]), the claims it covered count as
+/// renewed at its start ([`Held::round_out`]); a round whose echo does not come back in time renews nothing. At
+/// every look, and before a round, the claims not renewed for about the ack wait are marked lapsed
+/// ([`JetStreamSpool::sweep`]) and get no more in-progress acks.
 async fn keep_alive(spool: std::sync::Weak<JetStreamSpool>) {
+    let Some(client) = spool.upgrade().map(|s| s.client.clone()) else {
+        return;
+    };
+    let (subject, mut sub) = listen_for_echoes(&client).await;
+    let mut echoed = 0u64;
     let mut last_round = Instant::now();
-    // The round queued last whose in-progress acks have not all gone out yet: its number and start.
-    let mut going: Option<(u64, Instant)> = None;
+    // The round queued last whose in-progress acks the server is not yet known to have.
+    let mut going: Option<RoundOut> = None;
     loop {
         let Some(spool) = spool.upgrade() else {
             return;
@@ -2977,28 +3094,68 @@ async fn keep_alive(spool: std::sync::Weak<JetStreamSpool>) {
         if spool.closed.load(Ordering::Relaxed) {
             return;
         }
-        // A round still queued (NATS unreachable or slow: its acks have not all gone out) is not followed by
-        // another, so the queue holds at most one in-progress ack per held message.
+        read_echoes(&mut sub, &mut echoed);
         let now = Instant::now();
         let queued = spool.progress_queued.load(Ordering::Relaxed);
-        let step = keep_alive_step(last_round, spool.progress_every(), now, queued);
+        let connects = spool.client.statistics().connects.load(Ordering::Relaxed);
+        let failed = spool.progress_failed.load(Ordering::Relaxed);
+        // Its acks all went to the client: the echo follows them.
+        if queued == 0
+            && let Some(round) = going.as_mut()
+            && round.echo_until.is_none()
+        {
+            round.echo_until =
+                Some(now + echo_wait(spool.options.request_timeout, spool.consumer_ack_wait()));
+            if sub.is_some() {
+                let client = spool.client.clone();
+                let (subject, number) = (subject.clone(), round.number);
+                tokio::spawn(async move {
+                    if let Err(e) = client.publish(subject, number.to_string().into()).await {
+                        tracing::debug!(
+                            "JetStream keep-alive: echo of round {number} not sent: {e}"
+                        );
+                    }
+                });
+            }
+        }
+        let state = going.map(|round| round.check(connects, failed, echoed, now));
+        // A round still on its way (NATS unreachable or slow: its acks have not all gone out, or its echo has not
+        // come back) is not followed by another, so the queue holds at most one in-progress ack per held message.
+        let busy = u64::from(state == Some(RoundState::Going)).max(queued);
+        let step = keep_alive_step(last_round, spool.progress_every(), now, busy);
         // Every message held, a redelivered one's earlier copies too: whichever the server counts stays alive.
         // They go through the ordered ack queue, queued under the held lock: a notification finished or given back
         // meanwhile has its ack queued after these (its in-progress ack cannot undo a nak's delay), or is no longer
         // held and gets none.
         {
             let mut held = lock(&spool.held);
-            if queued == 0
-                && let Some((number, start)) = going.take()
-            {
-                held.round_out(number, start);
+            match (state, going) {
+                (Some(RoundState::Renewed), Some(round)) => {
+                    held.round_out(round.number, round.start);
+                    going = None;
+                }
+                (Some(RoundState::Lost), Some(round)) => {
+                    tracing::debug!(
+                        "JetStream keep-alive: round {} of in-progress acks not known to have reached the server; \
+                         it renews no claim",
+                        round.number
+                    );
+                    going = None;
+                }
+                _ => {}
             }
             // Before a round, and at every look: a claim not renewed for about the ack wait has lapsed, and an
             // in-progress ack sent now would not win it back (JetStream may have given it to another node).
             spool.sweep(&mut held, now);
             if step == KeepAlive::Round {
                 let number = held.start_round();
-                going = Some((number, now));
+                going = Some(RoundOut {
+                    number,
+                    start: now,
+                    connects,
+                    failed,
+                    echo_until: None,
+                });
                 for message in held.messages() {
                     spool.progress_queued.fetch_add(1, Ordering::Relaxed);
                     if spool
@@ -3806,6 +3963,53 @@ pub(crate) mod tests {
             rounds[0].duration_since(drained)
         );
         assert_eq!(rounds[1].duration_since(rounds[0]), period);
+    }
+
+    /// A round of in-progress acks renews its claims only once its echo came back on the connection it began on,
+    /// with none of its acks refused: the client taking them (a node cut off without its connection closing) or
+    /// an echo on a new connection (the old one's unwritten acks lost) renews nothing, nor does an echo that does
+    /// not come back within its wait.
+    #[test]
+    fn a_round_renews_its_claims_only_once_the_server_echoed_it() {
+        let start = Instant::now();
+        let at = |ms: u64| start + Duration::from_millis(ms);
+        let round = RoundOut {
+            number: 7,
+            start,
+            connects: 1,
+            failed: 2,
+            echo_until: None,
+        };
+        // Its acks still going to the client: no echo awaited yet, however long that takes.
+        assert_eq!(round.check(1, 2, 6, at(60_000)), RoundState::Going);
+        let sent = RoundOut {
+            echo_until: Some(at(5_000)),
+            ..round
+        };
+        assert_eq!(sent.check(1, 2, 6, at(4_999)), RoundState::Going);
+        assert_eq!(sent.check(1, 2, 7, at(4_999)), RoundState::Renewed);
+        assert_eq!(
+            sent.check(1, 2, 8, at(1)),
+            RoundState::Renewed,
+            "a later echo"
+        );
+        assert_eq!(
+            sent.check(1, 2, 6, at(5_000)),
+            RoundState::Lost,
+            "no echo in time"
+        );
+        assert_eq!(sent.check(2, 2, 7, at(1)), RoundState::Lost, "reconnected");
+        assert_eq!(round.check(2, 2, 6, at(1)), RoundState::Lost, "reconnected");
+        assert_eq!(
+            sent.check(1, 3, 7, at(1)),
+            RoundState::Lost,
+            "an ack refused"
+        );
+        // The echo is awaited for the request limit, at most the sixth of the ack wait a claim is not counted on.
+        let s = Duration::from_secs;
+        assert_eq!(echo_wait(s(5), s(30)), s(5));
+        assert_eq!(echo_wait(s(5), s(12)), s(2));
+        assert_eq!(echo_wait(s(5), Duration::from_millis(600)), KEEP_ALIVE_TICK);
     }
 
     /// A stream whose limits would delete accepted notifications is refused, naming the stream, the limit and its
