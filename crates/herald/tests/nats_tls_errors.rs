@@ -6,7 +6,8 @@
 //! Each test starts its own `nats-server` on a loopback port; without `nats-server` on PATH they are skipped with a
 //! message (failing under `CI`).
 
-use std::io::{BufRead, BufReader};
+mod support;
+
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -76,24 +77,7 @@ fn herald(dir: &Path, port: u16, ca: &Path) -> (Killed, PathBuf) {
         ),
     )
     .unwrap();
-    let err_path = dir.join("stderr.log");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_herald"))
-        .args(["serve", "-c"])
-        .arg(&config)
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::piped())
-        .stderr(std::fs::File::create(&err_path).unwrap())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    assert!(
-        line.contains("http"),
-        "ready line: {line:?}; stderr: {}",
-        std::fs::read_to_string(&err_path).unwrap_or_default()
-    );
+    let (child, err_path) = support::serve_until_ready(&config, dir, "info");
     (Killed(child), err_path)
 }
 

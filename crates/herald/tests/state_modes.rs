@@ -3,10 +3,11 @@
 //! tokens and payloads; a spool directory that exists keeps its mode and, when it lets group or others in, is named
 //! with its mode in a warning at start.
 
-use std::io::{BufRead, BufReader};
+mod support;
+
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 fn mode(path: &Path) -> u32 {
@@ -37,24 +38,7 @@ fn serve(dir: &Path, spool: &Path) -> String {
         ),
     )
     .unwrap();
-    let err_path = dir.join("stderr.log");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_herald"))
-        .args(["serve", "-c"])
-        .arg(&config)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(std::fs::File::create(&err_path).unwrap())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    assert!(
-        line.contains("http"),
-        "ready line: {line:?}; stderr: {}",
-        std::fs::read_to_string(&err_path).unwrap_or_default()
-    );
+    let (mut child, err_path) = support::serve_until_ready(&config, dir, "warn");
     let pid = child.id().to_string();
     assert!(
         Command::new("kill")

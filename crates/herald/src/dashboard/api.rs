@@ -1106,6 +1106,15 @@ async fn events(
 mod tests {
     use super::*;
 
+    /// The entry of `options` (the Domain page's effective options) for the option `name`.
+    fn option_named(options: &[serde_json::Value], name: &str) -> serde_json::Value {
+        options
+            .iter()
+            .find(|o| o["name"] == name)
+            .unwrap_or_else(|| panic!("no {name} in {options:?}"))
+            .clone()
+    }
+
     /// A finding about another binding than `default` names it, so that the overview tells which binding's
     /// settings are wrong (as `herald check` does).
     #[test]
@@ -1143,13 +1152,7 @@ domain "/[.]example[.]org$/" { max_outbound_connections = 4 idle_timeout = 90 }
         )
         .unwrap();
         let options = effective_options(&config, "push.example.org");
-        let option = |name: &str| {
-            options
-                .iter()
-                .find(|o| o["name"] == name)
-                .unwrap_or_else(|| panic!("no {name} in {options:?}"))
-                .clone()
-        };
+        let option = |name: &str| option_named(&options, name);
         assert_eq!(
             option("max_outbound_connections"),
             json!({ "name": "max_outbound_connections", "value": "4", "scope": "domain pattern" })
@@ -1197,13 +1200,7 @@ binding_group "gdef" {
             .unwrap(),
         );
         let options = effective_options(&config, "ok.example");
-        let option = |name: &str| {
-            options
-                .iter()
-                .find(|o| o["name"] == name)
-                .unwrap_or_else(|| panic!("no {name} in {options:?}"))
-                .clone()
-        };
+        let option = |name: &str| option_named(&options, name);
         let binding = "binding_group \"gdef\" binding \"default\"";
         assert_eq!(option("max_retries")["value"], "0");
         assert_eq!(option("max_retries")["scope"], binding);

@@ -1127,26 +1127,21 @@ mod tests {
         let superseded = (0..=2 * COMPACT_MIN_SUPERSEDED as u64)
             .map(|i| serde_json::to_string(&entry("aa", 1000 + i)).unwrap() + "\n")
             .collect::<String>();
-        std::fs::OpenOptions::new()
-            .append(true)
-            .open(&path)
-            .unwrap()
-            .write_all(superseded.as_bytes())
-            .unwrap();
-        drop(InvalidTokenStore::open(&path, None).unwrap());
-        assert_eq!(lines(&path).len(), 1, "rewritten");
-        assert_eq!(mode(&path), 0o600);
+        let rewritten = || {
+            std::fs::OpenOptions::new()
+                .append(true)
+                .open(&path)
+                .unwrap()
+                .write_all(superseded.as_bytes())
+                .unwrap();
+            drop(InvalidTokenStore::open(&path, None).unwrap());
+            assert_eq!(lines(&path).len(), 1, "rewritten");
+            mode(&path)
+        };
+        assert_eq!(rewritten(), 0o600);
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o640)).unwrap();
-        std::fs::OpenOptions::new()
-            .append(true)
-            .open(&path)
-            .unwrap()
-            .write_all(superseded.as_bytes())
-            .unwrap();
-        drop(InvalidTokenStore::open(&path, None).unwrap());
-        assert_eq!(lines(&path).len(), 1, "rewritten");
-        assert_eq!(mode(&path), 0o640);
+        assert_eq!(rewritten(), 0o640);
     }
 
     /// The dashboard's newest few of a domain, newest first, whatever the size of the store.

@@ -1,6 +1,6 @@
 //! Helpers shared by the integration tests that run herald against the APNs simulator: a free loopback port, the
-//! options or settings that point a domain at a simulator with the test PKI's credentials, and a reader of
-//! Momentum-format log lines.
+//! options or settings that point a domain at a simulator with the test PKI's credentials, a reader of
+//! Momentum-format log lines, and `herald serve` started as a process with its standard error in a file.
 #![allow(dead_code)]
 
 pub mod daemon;
@@ -148,4 +148,34 @@ pub fn log_fields(path: &Path) -> Vec<Vec<String>> {
             fields
         })
         .collect()
+}
+
+/// Starts `herald serve -c CONFIG` (the built binary) with `RUST_LOG=log` and its standard error in
+/// `dir/stderr.log`; returns the process once it printed its ready line, which must name its http listener, with
+/// that file's path. The caller stops the process.
+pub fn serve_until_ready(
+    config: &Path,
+    dir: &Path,
+    log: &str,
+) -> (std::process::Child, std::path::PathBuf) {
+    use std::io::BufRead;
+    let err_path = dir.join("stderr.log");
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_herald"))
+        .args(["serve", "-c"])
+        .arg(config)
+        .env("RUST_LOG", log)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::fs::File::create(&err_path).unwrap())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert!(
+        line.contains("http"),
+        "ready line: {line:?}; stderr: {}",
+        std::fs::read_to_string(&err_path).unwrap_or_default()
+    );
+    (child, err_path)
 }
