@@ -252,6 +252,9 @@ pub struct JetStreamSpool {
     deliveries: Mutex<Option<tokio::sync::mpsc::Receiver<StoredNotification>>>,
     /// The stream and the consumer are set up.
     ready: AtomicBool,
+    /// Whether JetStream answers through the server the client is connected to, as the liveness probe last found
+    /// (`crate::liveness`): a server cut off from its cluster answers the client but not for JetStream.
+    jetstream_health: crate::liveness::JetStreamHealth,
     /// The node stops: set under the `held` lock, so that every pulled message is either held (and given back by
     /// [`Spool::close`]) or kept by the pull loop (and given back once its pull ended).
     closed: AtomicBool,
@@ -428,6 +431,7 @@ impl JetStreamSpool {
             next_local: AtomicU64::new(1),
             deliveries: Mutex::new(Some(rx)),
             ready: AtomicBool::new(false),
+            jetstream_health: crate::liveness::JetStreamHealth::default(),
             closed: AtomicBool::new(false),
             stopping: tokio::sync::watch::Sender::new(false),
             stop_reads_until: Mutex::new(None),
@@ -459,18 +463,27 @@ impl JetStreamSpool {
             unfit: Mutex::new(Unfit::default()),
             options,
         });
-        // From the start, set up or not: a server that hangs is left for another one of the cluster.
+        // From the start, set up or not: a server that hangs is left for another one of the cluster; once set up,
+        // one through which JetStream does not answer (cut off from its cluster) too.
         tokio::spawn(crate::liveness::probe(
             {
                 let me = Arc::downgrade(&spool);
                 move || {
                     me.upgrade()
                         .filter(|s| !s.closed.load(Ordering::Relaxed))
-                        .map(|s| s.client.clone())
+                        .map(|s| crate::liveness::Target {
+                            client: s.client.clone(),
+                            jetstream: s
+                                .ready
+                                .load(Ordering::Relaxed)
+                                .then(|| (s.ctx.clone(), s.options.stream.clone())),
+                        })
                 }
             },
             spool.stopping.subscribe(),
             crate::liveness::silence_limit(spool.options.request_timeout),
+            crate::liveness::jetstream_limit(spool.options.request_timeout),
+            spool.jetstream_health.clone(),
         ));
         match tokio::time::timeout(first_try, spool.setup()).await {
             Ok(Ok((consumer, stream))) => spool.start_tasks(consumer, stream, tx),
@@ -679,7 +692,10 @@ impl JetStreamSpool {
             return Box::pin(async { Err(SpoolError::Closed) });
         }
         if !self.connected() {
-            let e = SpoolError::Unreachable("not connected to NATS".into());
+            let e = match self.jetstream_health.unavailable() {
+                Some(why) => SpoolError::Unreachable(why),
+                None => SpoolError::Unreachable("not connected to NATS".into()),
+            };
             self.failed_commits.fetch_add(1, Ordering::Relaxed);
             *lock(&self.last_error) = Some(e.clone());
             return Box::pin(async move { Err(e) });
@@ -762,10 +778,23 @@ impl JetStreamSpool {
         &self.options.stream
     }
 
-    /// Whether the client is connected now.
+    /// Whether the spool is set up and the client connected now, to a server through which JetStream answers
+    /// (`crate::liveness`): what readiness and `herald_jetstream_connected` say.
     pub fn connected(&self) -> bool {
         self.ready.load(Ordering::Relaxed)
             && self.client.connection_state() == async_nats::connection::State::Connected
+            && self.jetstream_health.unavailable().is_none()
+    }
+
+    /// Why the spool takes no notifications while not [`JetStreamSpool::connected`]: JetStream unavailable through
+    /// the server, else the last error, else no connection.
+    fn unreachable(&self) -> SpoolError {
+        if let Some(why) = self.jetstream_health.unavailable() {
+            return SpoolError::Unreachable(why);
+        }
+        lock(&self.last_error)
+            .clone()
+            .unwrap_or_else(|| SpoolError::Unreachable("not connected to NATS".into()))
     }
 
     /// How long [`Spool::close`] takes at most: the pull under way ends (within [`PULL_EXPIRES`], its reads of the
@@ -3496,11 +3525,7 @@ impl Spool for JetStreamSpool {
         if self.connected() {
             None
         } else {
-            Some(
-                lock(&self.last_error)
-                    .clone()
-                    .unwrap_or_else(|| SpoolError::Unreachable("not connected to NATS".into())),
-            )
+            Some(self.unreachable())
         }
     }
 

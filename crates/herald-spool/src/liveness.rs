@@ -19,10 +19,23 @@
 //! connection timeout, `spool_nats_timeout`, and tries the next: vendor/async-nats/HERALD-PATCH.md). It goes on
 //! probing the new connection. While the
 //! client is not connected (it is reconnecting by itself), nothing is counted. It stops with the spool.
+//!
+//! A server cut off from the rest of its cluster (a network partition that leaves it in the minority) still
+//! answers the echo, but not for JetStream: the stream's leader and the cluster's meta leader are on the other
+//! side, and every publish through it fails. So, once the spool is set up, each answered probe is followed by a
+//! JetStream round trip through the same connection: the stream's info (`$JS.API.STREAM.INFO.<stream>`, answered
+//! by the stream's leader), within [`PROBE_TIMEOUT`]. Once those have failed for [`jetstream_limit`]
+//! (`request_timeout` plus [`JETSTREAM_MARGIN`], longer than a leader election of a three-server cluster) and at
+//! least [`MIN_FAILED_PROBES`] times in a row while the echo came back ([`JetStreamWatch::verdict`]), the node
+//! takes JetStream as unavailable through that server: it reports itself not ready ([`JetStreamHealth`]) until
+//! JetStream answers again, says so in a warning naming the server, and makes the client reconnect, again every
+//! [`jetstream_limit`] while it lasts (the client may pick the same server again: a later round moves it).
 
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use async_nats::connection::State;
+use async_nats::jetstream;
 use futures_util::StreamExt;
 
 /// How often the connection is probed.
@@ -41,6 +54,17 @@ pub const MIN_FAILED_PROBES: u32 = 3;
 /// How long the probes may fail before the client is made to reconnect: `request_timeout` plus [`SILENCE_MARGIN`].
 pub fn silence_limit(request_timeout: Duration) -> Duration {
     request_timeout + SILENCE_MARGIN
+}
+
+/// What JetStream may stay unanswered beyond `request_timeout`, through a server that answers the echo, before the
+/// node takes it as unavailable there: a leader election of a three-server cluster takes 5 to 7 s, during which
+/// publishes wait and then go through; ten seconds keep one from making the node leave its server.
+pub const JETSTREAM_MARGIN: Duration = Duration::from_secs(10);
+
+/// How long the JetStream checks may fail before the node reports itself not ready and reconnects:
+/// `request_timeout` plus [`JETSTREAM_MARGIN`].
+pub fn jetstream_limit(request_timeout: Duration) -> Duration {
+    request_timeout + JETSTREAM_MARGIN
 }
 
 /// Failed probes in a row, since the first of them was sent.
@@ -76,6 +100,91 @@ pub fn should_reconnect(streak: Streak, now: Instant, limit: Duration) -> bool {
     }
 }
 
+/// What the JetStream checks found: the failed ones in a row, and when the client was last made to reconnect for
+/// them.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct JetStreamWatch {
+    /// Failed JetStream checks in a row (each made once the echo came back).
+    pub streak: Streak,
+    /// When the client was last made to reconnect because JetStream did not answer; `None` since it answered.
+    pub reconnected: Option<Instant>,
+}
+
+/// What to do about JetStream, as [`JetStreamWatch::verdict`] says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JetStreamVerdict {
+    /// JetStream answers, or has not been silent long enough (a leader election): nothing to do.
+    Available,
+    /// Silent for the limit: the node is not ready; with `reconnect`, the client is to reconnect now.
+    Unavailable { reconnect: bool },
+}
+
+impl JetStreamWatch {
+    /// A JetStream check was answered: the count starts again.
+    pub fn answered(&mut self) {
+        *self = JetStreamWatch::default();
+    }
+
+    /// A JetStream check sent at `sent` got no answer in time (or an error).
+    pub fn failed(&mut self, sent: Instant) {
+        self.streak.failed(sent);
+    }
+
+    /// The client was made to reconnect at `now`.
+    pub fn reconnecting(&mut self, now: Instant) {
+        self.reconnected = Some(now);
+    }
+
+    /// Whether JetStream counts as unavailable at `now` ([`should_reconnect`] with `limit`, [`jetstream_limit`]),
+    /// and if so whether the client is to reconnect: at once, and again once `limit` has passed since the last
+    /// time, until JetStream answers.
+    pub fn verdict(&self, now: Instant, limit: Duration) -> JetStreamVerdict {
+        if !should_reconnect(self.streak, now, limit) {
+            return JetStreamVerdict::Available;
+        }
+        let reconnect = self
+            .reconnected
+            .is_none_or(|at| now.saturating_duration_since(at) >= limit);
+        JetStreamVerdict::Unavailable { reconnect }
+    }
+}
+
+/// Whether JetStream answers through the node's NATS server, as the probe last found, shared with the spool: it
+/// holds why not while the node is to report itself not ready.
+#[derive(Debug, Default, Clone)]
+pub struct JetStreamHealth(Arc<Mutex<Option<String>>>);
+
+impl JetStreamHealth {
+    /// Why JetStream is taken as unavailable, `None` while it is not.
+    pub fn unavailable(&self) -> Option<String> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    fn set(&self, why: Option<String>) -> Option<String> {
+        std::mem::replace(&mut *self.0.lock().unwrap_or_else(|e| e.into_inner()), why)
+    }
+}
+
+/// What the probe probes: the spool's client and, once the spool is set up, its JetStream context and stream.
+pub struct Target {
+    pub client: async_nats::Client,
+    pub jetstream: Option<(jetstream::Context, String)>,
+}
+
+/// Why the stream cannot take publishes, as the cluster part of its info says: a clustered stream without a leader (a server cut off
+/// from the rest of its cluster answers with its own view, in which the stream has none); `None` when it has one,
+/// or is not clustered.
+pub fn leaderless(cluster: Option<&jetstream::stream::ClusterInfo>) -> Option<String> {
+    let cluster = cluster?;
+    match cluster.leader.as_deref() {
+        Some(leader) if !leader.is_empty() => None,
+        _ => Some(format!(
+            "the stream has no leader in cluster {:?}",
+            cluster.name.as_deref().unwrap_or("")
+        )),
+    }
+}
+
 /// The server the client is connected to (or was, last), as a warning names it.
 fn server_of(client: &async_nats::Client) -> String {
     let info = client.server_info();
@@ -87,25 +196,30 @@ fn server_of(client: &async_nats::Client) -> String {
     format!("{name} (port {})", info.port)
 }
 
-/// Probes the connection of the client `client_of` gives (none: the spool is gone or closed, and the probe ends)
+/// Probes the connection of the client `target_of` gives (none: the spool is gone or closed, and the probe ends)
 /// every [`PROBE_EVERY`], and makes it reconnect once [`should_reconnect`] says so with `limit`
-/// ([`silence_limit`]). Ends at once when `stopping` turns true or its sender is dropped (the spool stops or is
-/// gone), so its subscription does not keep the connection open.
+/// ([`silence_limit`]); checks JetStream through it after each answered probe, once the spool is set up, and
+/// keeps `health` and reconnects as [`JetStreamWatch::verdict`] says with `jetstream_limit` ([`jetstream_limit`]).
+/// Ends at once when `stopping` turns true or its sender is dropped (the spool stops or is gone), so its
+/// subscription does not keep the connection open.
 pub async fn probe<F>(
-    client_of: F,
+    target_of: F,
     mut stopping: tokio::sync::watch::Receiver<bool>,
     limit: Duration,
+    jetstream_limit: Duration,
+    health: JetStreamHealth,
 ) where
-    F: Fn() -> Option<async_nats::Client>,
+    F: Fn() -> Option<Target>,
 {
     let mut streak = Streak::default();
+    let mut watch = JetStreamWatch::default();
     let mut echoes: Option<async_nats::Subscriber> = None;
     let mut subject = String::new();
     // The server left after the last warning, until a probe is answered again.
     let mut left: Option<String> = None;
     let mut sequence: u64 = 0;
     loop {
-        let Some(client) = client_of() else {
+        let Some(Target { client, jetstream }) = target_of() else {
             return;
         };
         let sent = Instant::now();
@@ -126,6 +240,13 @@ pub async fn probe<F>(
                     );
                 }
                 streak.reset();
+                let checked = tokio::select! {
+                    checked = check_jetstream(&client, jetstream, &mut watch, &health, jetstream_limit) => checked,
+                    _ = stopping.wait_for(|stop| *stop) => return,
+                };
+                if checked {
+                    left = Some(server_of(&client));
+                }
             } else {
                 streak.failed(sent);
                 let now = Instant::now();
@@ -141,9 +262,7 @@ pub async fn probe<F>(
                         streak.failures,
                         silent.as_secs_f64()
                     );
-                    // The client takes the request once it reads its commands again; should it not within a
-                    // probe's time (it is stuck writing to the silent server), its own pings end that connection.
-                    let _ = tokio::time::timeout(PROBE_TIMEOUT, client.force_reconnect()).await;
+                    reconnect(&client).await;
                     left = Some(server);
                     streak.reset();
                 }
@@ -156,6 +275,72 @@ pub async fn probe<F>(
             _ = stopping.wait_for(|stop| *stop) => return,
         }
     }
+}
+
+/// Makes the client reconnect. The client takes the request once it reads its commands again; should it not within
+/// a probe's time (it is stuck writing to a silent server), its own pings end that connection.
+async fn reconnect(client: &async_nats::Client) {
+    let _ = tokio::time::timeout(PROBE_TIMEOUT, client.force_reconnect()).await;
+}
+
+/// The JetStream check after an answered probe: asks for the stream's info (`jetstream`: none before the spool is
+/// set up, and nothing is checked), notes the outcome in `watch`, keeps `health` and, when
+/// [`JetStreamWatch::verdict`] says so, warns naming the server and makes the client reconnect. Returns whether it
+/// did.
+async fn check_jetstream(
+    client: &async_nats::Client,
+    jetstream: Option<(jetstream::Context, String)>,
+    watch: &mut JetStreamWatch,
+    health: &JetStreamHealth,
+    limit: Duration,
+) -> bool {
+    let Some((context, stream)) = jetstream else {
+        watch.answered();
+        health.set(None);
+        return false;
+    };
+    let sent = Instant::now();
+    let failure = match tokio::time::timeout(PROBE_TIMEOUT, context.get_stream(&stream)).await {
+        Ok(Ok(answer)) => leaderless(answer.cached_info().cluster.as_ref()),
+        Ok(Err(e)) => Some(e.to_string()),
+        Err(_) => Some(format!("no answer within {PROBE_TIMEOUT:?}")),
+    };
+    let server = server_of(client);
+    let Some(failure) = failure else {
+        watch.answered();
+        if let Some(why) = health.set(None) {
+            tracing::info!(
+                "JetStream answers again, through NATS server {server}: the node takes notifications again \
+                 (it did not: {why})"
+            );
+        }
+        return false;
+    };
+    watch.failed(sent);
+    let now = Instant::now();
+    let JetStreamVerdict::Unavailable { reconnect: leave } = watch.verdict(now, limit) else {
+        return false;
+    };
+    let silent = watch
+        .streak
+        .since
+        .map_or(Duration::ZERO, |since| now.saturating_duration_since(since));
+    let why = format!(
+        "JetStream has not answered through NATS server {server} for {:.0} s (stream {stream:?}: {failure}), \
+         though the server answers: it may be cut off from the rest of its cluster",
+        silent.as_secs_f64()
+    );
+    health.set(Some(why.clone()));
+    if !leave {
+        return false;
+    }
+    tracing::warn!(
+        server = %server,
+        "{why}; the node refuses notifications and reconnects, to another server of the cluster if one answers"
+    );
+    reconnect(client).await;
+    watch.reconnecting(Instant::now());
+    true
 }
 
 /// One probe: publishes to the probe's own inbox subject (subscribed to at the first probe, and again should the
@@ -293,5 +478,101 @@ mod tests {
             t0 - Duration::from_secs(50),
             LIMIT
         ));
+    }
+
+    #[test]
+    fn the_jetstream_limit_outlasts_a_leader_election() {
+        assert_eq!(
+            jetstream_limit(Duration::from_secs(5)),
+            Duration::from_secs(15)
+        );
+        // A leader election of three servers takes 5 to 7 s.
+        assert!(jetstream_limit(Duration::ZERO) > Duration::from_secs(7));
+    }
+
+    #[test]
+    fn jetstream_silent_for_a_leader_election_keeps_the_node_ready() {
+        let t0 = Instant::now();
+        let mut watch = JetStreamWatch::default();
+        // Failed checks every 2 s for 8 s, then an answer.
+        for i in 0..5 {
+            watch.failed(t0 + PROBE_EVERY * i);
+            assert_eq!(
+                watch.verdict(t0 + PROBE_EVERY * i, LIMIT),
+                JetStreamVerdict::Available
+            );
+        }
+        watch.answered();
+        assert_eq!(
+            watch.verdict(t0 + Duration::from_secs(60), LIMIT),
+            JetStreamVerdict::Available
+        );
+    }
+
+    #[test]
+    fn jetstream_silent_for_the_limit_makes_the_node_unready_and_reconnect_once_a_limit() {
+        let t0 = Instant::now();
+        let mut watch = JetStreamWatch::default();
+        for i in 0..=5 {
+            watch.failed(t0 + PROBE_EVERY * i);
+        }
+        let at_limit = t0 + LIMIT;
+        assert_eq!(
+            watch.verdict(at_limit, LIMIT),
+            JetStreamVerdict::Unavailable { reconnect: true }
+        );
+        watch.reconnecting(at_limit);
+        // Still unavailable after the reconnection (the same server again, say), but no second reconnection
+        // before another limit has passed.
+        watch.failed(at_limit + PROBE_EVERY);
+        assert_eq!(
+            watch.verdict(at_limit + PROBE_EVERY, LIMIT),
+            JetStreamVerdict::Unavailable { reconnect: false }
+        );
+        assert_eq!(
+            watch.verdict(at_limit + LIMIT, LIMIT),
+            JetStreamVerdict::Unavailable { reconnect: true }
+        );
+        // An answer ends it all.
+        watch.answered();
+        assert_eq!(watch, JetStreamWatch::default());
+        assert_eq!(
+            watch.verdict(at_limit + LIMIT, LIMIT),
+            JetStreamVerdict::Available
+        );
+    }
+
+    #[test]
+    fn the_health_holds_why_jetstream_is_unavailable_until_cleared() {
+        let health = JetStreamHealth::default();
+        assert_eq!(health.unavailable(), None);
+        assert_eq!(health.clone().set(Some("cut off".into())), None);
+        assert_eq!(health.unavailable().as_deref(), Some("cut off"));
+        assert_eq!(health.set(None).as_deref(), Some("cut off"));
+        assert_eq!(health.unavailable(), None);
+    }
+
+    #[test]
+    fn a_clustered_stream_without_a_leader_is_unavailable() {
+        use jetstream::stream::ClusterInfo;
+        let led = ClusterInfo {
+            name: Some("c".into()),
+            leader: Some("n1".into()),
+            ..ClusterInfo::default()
+        };
+        assert_eq!(leaderless(Some(&led)), None);
+        // No cluster part: not clustered, nothing to say.
+        assert_eq!(leaderless(None), None);
+        let without = ClusterInfo {
+            name: Some("c".into()),
+            ..ClusterInfo::default()
+        };
+        let why = leaderless(Some(&without)).unwrap();
+        assert!(why.contains("no leader") && why.contains("\"c\""), "{why}");
+        let empty = ClusterInfo {
+            leader: Some(String::new()),
+            ..without
+        };
+        assert!(leaderless(Some(&empty)).is_some());
     }
 }

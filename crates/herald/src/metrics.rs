@@ -258,7 +258,7 @@ pub fn render(engine: &Engine, extra: &Extra) -> String {
         let rows: [(&str, &str, &str, u64); 11] = [
             (
                 "herald_jetstream_connected",
-                "1 while this node is connected to NATS and the stream is set up, else 0 (notifications are refused meanwhile).",
+                "1 while this node is connected to NATS, the stream is set up and JetStream answers through its server (the stream has a leader), else 0 (notifications are refused meanwhile).",
                 "gauge",
                 u64::from(j.connected),
             ),
