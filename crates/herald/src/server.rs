@@ -364,7 +364,7 @@ impl Server {
             };
 
         let resolver = Arc::new(ConfigResolver::new(config.clone()));
-        warn_undeliverable(&config, &resolver).await;
+        warn_undeliverable(&config, &resolver);
         let global = herald_conf::ScopePath::global();
         let path_option = |opt: herald_conf::Opt| match config.eval_opt(&global, opt) {
             Ok(herald_conf::Value::Str(p)) if !p.is_empty() => Some(PathBuf::from(p)),
@@ -1534,17 +1534,16 @@ fn injection_off(config: &Config) -> Option<&'static str> {
 }
 
 /// Logs at start, as a reload does, every domain the configuration cannot deliver (a provider key or certificate
-/// file that cannot be read, no credentials at all, …): said at once, not at the domain's first notification.
-async fn warn_undeliverable(config: &Arc<Config>, resolver: &Arc<ConfigResolver>) {
+/// file that cannot be read, no credentials at all, …): said at once, not at the domain's first notification. The
+/// check reads every APNs domain's credential files, so it runs in the background: the start does not wait for it.
+fn warn_undeliverable(config: &Arc<Config>, resolver: &Arc<ConfigResolver>) {
     let (checked, resolver) = (config.clone(), resolver.clone());
-    let none = std::collections::HashSet::new();
-    let found =
-        tokio::task::spawn_blocking(move || undeliverable_domains(&checked, &resolver, &none))
-            .await
-            .unwrap_or_default();
-    for (queue, why) in found {
-        tracing::warn!("domain {queue} cannot be delivered: {why}");
-    }
+    tokio::task::spawn_blocking(move || {
+        let none = std::collections::HashSet::new();
+        for (queue, why) in undeliverable_domains(&checked, &resolver, &none) {
+            tracing::warn!("domain {queue} cannot be delivered: {why}");
+        }
+    });
 }
 
 /// The (binding, domain) pairs `herald check` checks — every exactly named domain from every declared binding that
