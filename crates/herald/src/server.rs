@@ -37,7 +37,8 @@ use crate::logs::Logs;
 use crate::queue::message::{IdGenerator, MessageId};
 use crate::queue::{Engine, EngineLimits, ResolveError, SettingsResolver};
 use crate::spool::{
-    LeftInSpool, RestoreProgress, SpoolBridge, spawn_pull, spawn_requeue, spawn_restore,
+    FinalOutcomes, LeftInSpool, RestoreFrom, RestoreProgress, SpoolBridge, spawn_pull,
+    spawn_requeue, spawn_restore,
 };
 use crate::tokens::InvalidTokenStore;
 
@@ -65,7 +66,12 @@ mod id_epoch {
     pub fn record(dir: &Path, epoch_ms: u64) -> std::io::Result<()> {
         use std::io::Write as _;
         let tmp = dir.join(format!("{FILE}.tmp"));
-        let mut f = std::fs::File::create(&tmp)?;
+        // Private like the rest of the spool directory's files, whatever the umask.
+        let mut f = herald_spool::state_dir::file_options()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&tmp)?;
         writeln!(f, "{epoch_ms}")?;
         f.sync_all()?;
         std::fs::rename(&tmp, dir.join(FILE))?;
@@ -85,6 +91,20 @@ mod id_epoch {
             assert_eq!(super::last(dir.path()), Some(1_800_000_001_000));
             std::fs::write(dir.path().join(super::FILE), "garbage").unwrap();
             assert_eq!(super::last(dir.path()), None);
+        }
+
+        /// The file is for herald's user only, as the spool's other files (docs/operations.md), whatever the umask.
+        #[cfg(unix)]
+        #[test]
+        fn the_file_is_private() {
+            use std::os::unix::fs::PermissionsExt;
+            let dir = tempfile::tempdir().unwrap();
+            super::record(dir.path(), 1_800_000_000_123).unwrap();
+            let mode = std::fs::metadata(dir.path().join(super::FILE))
+                .unwrap()
+                .permissions()
+                .mode();
+            assert_eq!(mode & 0o777, herald_spool::state_dir::FILE_MODE);
         }
     }
 }
@@ -191,6 +211,8 @@ pub struct Server {
     /// Every device token APNs or its feedback service reported invalid.
     pub invalid_tokens: Arc<InvalidTokenStore>,
     /// The background restore of what the spool held at start.
+    /// What a reload's requeue of notifications left in the spool reads ([`spawn_requeue`]).
+    restore_from: RestoreFrom,
     pub restore_progress: Arc<RestoreProgress>,
     /// What the web dashboard keeps (recent outcomes, history), for every listener that serves it.
     pub dashboard: Arc<crate::dashboard::Hub>,
@@ -472,8 +494,15 @@ impl Server {
         };
         let restore_progress = Arc::new(RestoreProgress::default());
         let left_in_spool = Arc::new(tokio::sync::Mutex::new(LeftInSpool::default()));
+        // A spooled notification whose final outcome the book stored before the restart is not sent again (the
+        // JetStream spool reads nothing back locally).
+        let restore_from = RestoreFrom {
+            spool: spool.clone(),
+            finals: (!retention.is_zero() && jetstream.is_none())
+                .then(|| status_book.clone() as Arc<dyn FinalOutcomes>),
+        };
         spawn_restore(
-            spool.clone(),
+            restore_from.clone(),
             engine.clone(),
             restore_progress.clone(),
             left_in_spool.clone(),
@@ -502,6 +531,7 @@ impl Server {
             intake,
             spool,
             bridge,
+            restore_from,
             restore_progress,
             dashboard,
             invalid_tokens,
@@ -853,7 +883,7 @@ impl Server {
         }
         // Spooled notifications the start left in the spool are queued once their domain can be delivered.
         spawn_requeue(
-            self.spool.clone(),
+            self.restore_from.clone(),
             self.engine.clone(),
             self.restore_progress.clone(),
             self.left_in_spool.clone(),

@@ -398,3 +398,79 @@ async fn a_full_disk_refuses_intake_delivers_what_is_held_recovers_by_itself_and
     daemon.terminate();
     sim.shutdown().await;
 }
+
+/// Copies the directory `from` to `to` (file by file, one level of subdirectories and more).
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), &target).unwrap();
+        }
+    }
+}
+
+/// A crash after a notification's final outcome was stored but before its removal from the spool was written (the
+/// removal is not waited on, docs/architecture.md "The durability promise"): after the restart it is found in the
+/// outcome store and removed, not sent again. The spool's files from before the delivery stand in for the lost
+/// removals.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_notification_whose_outcome_was_stored_before_a_crash_is_not_sent_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let spool = dir.path().join("spool");
+    let pki = Pki::generate(&dir.path().join("pki"), &[TOPIC.to_string()]).unwrap();
+    let port = free_port();
+    let config = write_config(dir.path(), &spool, &pki, port);
+
+    // Accepted while APNs is unreachable: spooled when herald stops.
+    let tokens: Vec<String> = (0..30).map(token).collect();
+    let daemon = Daemon::start(&config);
+    let ids = post_accepted(&daemon.http, &tokens).await;
+    daemon.terminate();
+    let before = dir.path().join("spool-before-delivery");
+    copy_dir(&spool.join(herald_spool::fjall_engine::FJALL_DIR), &before);
+
+    // Delivered, their outcomes stored, their removals written.
+    let sim = start_sim(&pki, port).await;
+    let daemon = Daemon::start(&config);
+    sim.wait_for_records(tokens.len() as u64, WAIT).await;
+    wait_metrics(
+        &daemon.http,
+        &[("herald_spool_records", 0), ("herald_outcomes_tracked", 0)],
+    )
+    .await;
+    daemon.terminate();
+
+    // The removals are lost: the spool is as it was before the delivery, the outcome store as after it.
+    let fjall = spool.join(herald_spool::fjall_engine::FJALL_DIR);
+    std::fs::remove_dir_all(&fjall).unwrap();
+    copy_dir(&before, &fjall);
+    let daemon = Daemon::start(&config);
+    wait_metrics(
+        &daemon.http,
+        &[("herald_spool_restoring", 0), ("herald_spool_records", 0)],
+    )
+    .await;
+    assert_eq!(
+        metric(&metrics(&daemon.http).await, "herald_spool_restored_total"),
+        Some(0),
+        "nothing queued again"
+    );
+    for id in &ids {
+        let (code, v) = notification_status(&daemon.http, id).await;
+        assert_eq!(
+            (code, v["state"].as_str()),
+            (200, Some("delivered")),
+            "{id}: {v}"
+        );
+    }
+    daemon.terminate();
+    let counts = delivered(&sim);
+    for t in &tokens {
+        assert_eq!(counts.get(t), Some(&1), "{t}");
+    }
+    sim.shutdown().await;
+}

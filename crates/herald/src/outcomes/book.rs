@@ -479,6 +479,28 @@ impl StatusBook {
     }
 }
 
+/// A restart's restore asks the store (not this run's memory) for the outcome of each spooled notification. A key
+/// holds an id's printed form only, which another run 100,000 s apart may print alike: the outcome found counts as
+/// this notification's only if it was accepted the same second for the same domain.
+impl crate::spool::FinalOutcomes for StatusBook {
+    fn has_final(&self, n: &herald_spool::StoredNotification) -> bool {
+        let key = key_of(MessageId(n.key.0));
+        match self.store.lookup(&key) {
+            Ok(Lookup::Found(bytes)) => codec::decode(&bytes).is_ok_and(|s| {
+                s.is_final() && s.accepted_at == n.received_at && s.domain == n.domain
+            }),
+            Ok(Lookup::Expired | Lookup::Unknown) => false,
+            Err(e) => {
+                tracing::debug!(
+                    "restore: looking up the outcome of {}: {e}",
+                    MessageId(n.key.0)
+                );
+                false
+            }
+        }
+    }
+}
+
 impl StatusBook {
     /// Follows `n`, in its queue after `retries` failed attempts; `next_attempt_at` (Unix seconds) when it is held
     /// back until then ([`OutcomeListener::queued_until`]), else it keeps what it had.
@@ -830,6 +852,35 @@ mod tests {
     use super::*;
     use crate::outcomes::fixtures::{delivered, notification};
     use crate::queue::message::IdGenerator;
+
+    /// A restart's restore finds the stored final outcome of a notification whose removal from the spool was lost,
+    /// and only that notification's: not one still on its way, not one of another run whose id prints alike.
+    #[tokio::test]
+    async fn a_restore_finds_only_this_notifications_stored_final_outcome() {
+        use crate::spool::{FinalOutcomes, to_stored};
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(OutcomeStore::open(dir.path()).unwrap());
+        let book = StatusBook::new(store, Duration::from_secs(3600), 1_000_000);
+        let ids = IdGenerator::new(0);
+        let (done, waiting) = (
+            notification(ids.next(), "book.example", 1),
+            notification(ids.next(), "book.example", 2),
+        );
+        for n in [&done, &waiting] {
+            book.queued(n, 0);
+        }
+        book.outcome(&delivered(&done));
+        assert!(book.flush(Duration::from_secs(10)).await, "stored");
+
+        assert!(book.has_final(&to_stored(&done)));
+        assert!(!book.has_final(&to_stored(&waiting)), "still queued");
+        let mut another_run = to_stored(&done);
+        another_run.received_at += 100_000;
+        assert!(!book.has_final(&another_run), "an id of another run");
+        let mut another_domain = to_stored(&done);
+        another_domain.domain = "other.example".into();
+        assert!(!book.has_final(&another_domain));
+    }
 
     /// A broadcast id is a UUID in its 36-character form, either case; its outcome key is never a notification's
     /// (whatever its node, run and counter), the same for both cases, and differs for ids that differ in either half.

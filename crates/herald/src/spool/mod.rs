@@ -254,8 +254,22 @@ pub struct Restored {
     /// Not queued because their domain cannot be delivered now (no longer configured, its credentials failing):
     /// left in the spool for a reload that delivers them ([`LeftInSpool`]).
     pub left_in_spool: u64,
+    /// Not queued because their final outcome was stored before the restart ([`FinalOutcomes`]): removed from the
+    /// spool instead.
+    pub already_final: u64,
     /// The restore stopped early because the queue is shutting down (the rest stays spooled).
     pub interrupted: bool,
+}
+
+/// The final outcomes a restore looks spooled notifications up in. A notification is removed from the spool only
+/// once its final outcome is stored ([`removals`]), and that removal is not waited on: a crash just after it can
+/// leave a delivered (or failed) notification in the spool. One whose final outcome is found was finished before
+/// the restart; the restore removes it rather than sending it again (or failing it as expired, although APNs took it).
+pub trait FinalOutcomes: Send + Sync {
+    /// Whether the final outcome of `n` (this very notification, not another that took its printed id in an earlier
+    /// run) is stored. Blocking. A store that cannot be read answers no: the notification is delivered again, at
+    /// least once as before.
+    fn has_final(&self, n: &StoredNotification) -> bool;
 }
 
 /// The spooled notifications a restore left in the spool because their domain could not be delivered (from their
@@ -396,20 +410,31 @@ const RESTORE_RETRY_MAX: Duration = Duration::from_secs(300);
 /// A read of the spool that fails (an I/O error) is tried again after a wait that doubles up to
 /// [`RESTORE_RETRY_MAX`], one warning per attempt, until it succeeds or the spool is closed: the next read skips
 /// what the failed ones queued (the spool is read in key order), so nothing is queued twice.
+///
+/// A notification whose final outcome `finals` holds is removed from the spool, not queued ([`FinalOutcomes`]).
 pub async fn restore(
     spool: Arc<dyn Spool>,
     engine: Arc<Engine>,
     progress: &RestoreProgress,
+    finals: Option<Arc<dyn FinalOutcomes>>,
 ) -> Result<Restored, SpoolError> {
-    restore_retrying(spool, engine, progress, RESTORE_RETRY_FIRST, None)
+    let from = RestoreFrom { spool, finals };
+    restore_retrying(from, engine, progress, RESTORE_RETRY_FIRST, None)
         .await
         .map(|(restored, _)| restored)
+}
+
+/// What a restore reads: the spool, and where it looks for final outcomes stored before the restart.
+#[derive(Clone)]
+pub struct RestoreFrom {
+    pub spool: Arc<dyn Spool>,
+    pub finals: Option<Arc<dyn FinalOutcomes>>,
 }
 
 /// [`restore`], with `first_wait` before the first read again, of the notifications `only` holds (all without it);
 /// also returns what it left in the spool.
 async fn restore_retrying(
-    spool: Arc<dyn Spool>,
+    from: RestoreFrom,
     engine: Arc<Engine>,
     progress: &RestoreProgress,
     first_wait: Duration,
@@ -420,7 +445,7 @@ async fn restore_retrying(
     let mut attempt = 1u32;
     loop {
         match restore_pass(
-            spool.clone(),
+            from.clone(),
             engine.clone(),
             progress,
             &mut pass,
@@ -469,7 +494,7 @@ struct RestorePass {
 
 /// One read of the spool for [`restore`]: queues what comes after `pass.last` (of it, what `only` holds).
 async fn restore_pass(
-    spool: Arc<dyn Spool>,
+    from: RestoreFrom,
     engine: Arc<Engine>,
     progress: &RestoreProgress,
     pass: &mut RestorePass,
@@ -477,8 +502,12 @@ async fn restore_pass(
 ) -> Result<RecoveryReport, SpoolError> {
     let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<StoredNotification>>(8);
     let after = pass.last;
+    let RestoreFrom { spool, finals } = from;
     let reader = tokio::task::spawn_blocking(move || {
         let mut chunk = Vec::with_capacity(RESTORE_CHUNK);
+        // Finished before the restart: removed, in batches, rather than queued.
+        let mut finished: Vec<SpoolKey> = Vec::new();
+        let mut already_final = 0u64;
         let report = spool.recover_each(&mut |n| {
             if after.is_some_and(|after| n.key <= after) {
                 return ControlFlow::Continue(());
@@ -490,6 +519,14 @@ async fn restore_pass(
                     n.key,
                 )
             {
+                return ControlFlow::Continue(());
+            }
+            if finals.as_ref().is_some_and(|f| f.has_final(&n)) {
+                finished.push(n.key);
+                already_final += 1;
+                if finished.len() >= RESTORE_CHUNK {
+                    spool.remove(&std::mem::take(&mut finished));
+                }
                 return ControlFlow::Continue(());
             }
             chunk.push(n);
@@ -505,7 +542,8 @@ async fn restore_pass(
         });
         // Also after a failed read: what it visited is queued, and the next read starts after it.
         let _ = tx.blocking_send(chunk);
-        report
+        spool.remove(&finished);
+        (report, already_final)
     });
     'chunks: while let Some(chunk) = rx.recv().await {
         for stored in chunk {
@@ -554,9 +592,10 @@ async fn restore_pass(
         }
     }
     drop(rx);
-    let report = reader.await.map_err(|e| {
+    let (report, already_final) = reader.await.map_err(|e| {
         SpoolError::from_io("recovery thread", std::io::Error::other(e.to_string()))
     })?;
+    pass.restored.already_final += already_final;
     if pass.restored.interrupted {
         return Ok(report.unwrap_or_default());
     }
@@ -566,7 +605,7 @@ async fn restore_pass(
 /// Restores the spool (see [`restore`]) in a task of its own and logs the outcome: the server serves meanwhile.
 /// What it leaves in the spool is noted in `left`, which it holds until it is done.
 pub fn spawn_restore(
-    spool: Arc<dyn Spool>,
+    from: RestoreFrom,
     engine: Arc<Engine>,
     progress: Arc<RestoreProgress>,
     left: Arc<tokio::sync::Mutex<LeftInSpool>>,
@@ -582,7 +621,7 @@ pub fn spawn_restore(
             Err(_) => left.lock_owned().await,
         };
         let started = std::time::Instant::now();
-        let result = restore_retrying(spool, engine, &progress, RESTORE_RETRY_FIRST, None)
+        let result = restore_retrying(from, engine, &progress, RESTORE_RETRY_FIRST, None)
             .await
             .map(|(restored, left)| {
                 held.merge(left);
@@ -599,11 +638,15 @@ pub fn spawn_restore(
                 started.elapsed()
             ),
             Ok(r)
-                if r.report.recovered > 0 || r.report.skipped > 0 || r.report.newer_format > 0 =>
+                if r.report.recovered > 0
+                    || r.already_final > 0
+                    || r.report.skipped > 0
+                    || r.report.newer_format > 0 =>
             {
                 tracing::info!(
                     queued = r.queued,
                     left_in_spool = r.left_in_spool,
+                    already_final = r.already_final,
                     unreadable = r.dropped,
                     skipped = r.report.skipped,
                     kept_for_a_newer_herald = r.report.newer_format,
@@ -629,7 +672,7 @@ pub fn spawn_restore(
 /// this node cannot deliver goes back to the stream for [`UNROUTED_RELEASE`] and is pulled again ([`spawn_pull`]), so
 /// after a reload that makes its domain deliverable it is delivered at its next pull.
 pub fn spawn_requeue(
-    spool: Arc<dyn Spool>,
+    from: RestoreFrom,
     engine: Arc<Engine>,
     progress: Arc<RestoreProgress>,
     left: Arc<tokio::sync::Mutex<LeftInSpool>>,
@@ -656,7 +699,7 @@ pub fn spawn_requeue(
         let domains = wanted.domains().join(", ");
         let started = std::time::Instant::now();
         match restore_retrying(
-            spool,
+            from,
             engine,
             &progress,
             RESTORE_RETRY_FIRST,
@@ -1203,7 +1246,10 @@ pub(crate) mod tests {
         engine.set_held(true);
         let progress = RestoreProgress::default();
         let (restored, _) = restore_retrying(
-            spool.clone(),
+            RestoreFrom {
+                spool: spool.clone(),
+                finals: None,
+            },
             engine.clone(),
             &progress,
             Duration::from_millis(1),
@@ -1376,6 +1422,60 @@ pub(crate) mod tests {
         );
     }
 
+    /// A spooled notification whose final outcome was stored before the restart (its removal from the spool lost to
+    /// a crash) is removed from the spool, not queued to be sent again; the others are queued.
+    #[tokio::test]
+    async fn what_finished_before_the_restart_is_removed_not_sent_again() {
+        use crate::logs::Logs;
+        use crate::outbound::settings::DeliverySettings;
+        use crate::queue::{EngineLimits, MemoryInvalidTokens, StaticResolver};
+        use herald_spool::MemorySpool;
+
+        struct Finished(Vec<SpoolKey>);
+        impl FinalOutcomes for Finished {
+            fn has_final(&self, n: &StoredNotification) -> bool {
+                self.0.contains(&n.key)
+            }
+        }
+        let before = MemorySpool::new();
+        let mut n = sample();
+        n.binding = Arc::from(DEFAULT_BINDING);
+        let mut keys = Vec::new();
+        for i in 0..4u64 {
+            n.id = MessageId::from_parts(1, 1_800_000_000_000, i);
+            keys.push(SpoolKey(n.id.0));
+            before.append(vec![to_stored(&n)]).await.unwrap();
+        }
+        let spool: Arc<dyn Spool> = Arc::new(before.reopened());
+        let engine = Arc::new(Engine::new(
+            Arc::new(
+                StaticResolver::default().with(DeliverySettings::for_tests("apps.example", 9)),
+            ),
+            Logs::default(),
+            Arc::new(MemoryInvalidTokens::default()),
+            EngineLimits::default(),
+        ));
+        engine.set_held(true);
+        let finals: Arc<dyn FinalOutcomes> = Arc::new(Finished(vec![keys[1], keys[3]]));
+        let progress = RestoreProgress::default();
+        let restored = restore(spool.clone(), engine, &progress, Some(finals))
+            .await
+            .unwrap();
+        assert_eq!(
+            (
+                restored.report.recovered,
+                restored.queued,
+                restored.already_final
+            ),
+            (2, 2, 2)
+        );
+        assert_eq!(
+            spool.stats().removed,
+            2,
+            "the finished ones leave the spool"
+        );
+    }
+
     /// Notifications of a domain the configuration no longer has are not queued and stay in the spool (the next
     /// start with the domain configured again delivers them). The status book does not follow them: a lookup does
     /// not call them queued, and the book does not grow with each of them.
@@ -1405,7 +1505,9 @@ pub(crate) mod tests {
         let book = StatusBook::new(store, Duration::from_secs(3600), 1000);
         engine.set_outcome_listener(book.clone());
         let progress = RestoreProgress::default();
-        let restored = restore(spool.clone(), engine, &progress).await.unwrap();
+        let restored = restore(spool.clone(), engine, &progress, None)
+            .await
+            .unwrap();
         assert_eq!(
             book.stats().tracked,
             0,

@@ -5,8 +5,9 @@
 //! in between would lose both: nothing left to deliver again, nothing stored to report (docs/api.md promises each
 //! webhook outcome at least once across a `kill -9`). So a removal waits, with the counts the writers had handed
 //! over when it was made ([`OutcomeWriter`]), until every writer has stored that much. A crash before then
-//! delivers the notification again after the restart, as a crash between a delivery and its removal always could,
-//! and its outcome is recorded again with it.
+//! delivers the notification again after the restart, as a crash between a delivery and its outcome's record always
+//! could, and its outcome is recorded again with it. A crash after its outcome was stored, before the removal was
+//! written, does not: the restore finds the stored outcome and removes the notification ([`super::FinalOutcomes`]).
 //!
 //! Held removals wait in the order they were made, with their counts read in that order under the gate's lock:
 //! each writer's count only grows, so a removal is released no sooner than the ones before it, and the gate looks
