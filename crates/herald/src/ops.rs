@@ -15,6 +15,7 @@ use herald_conf::{Config, HttpServices};
 use herald_spool::Spool;
 
 use crate::delivery::ConfigResolver;
+use crate::inbound::rest::query::Query;
 use crate::metrics;
 use crate::queue::Engine;
 use crate::spool::RestoreProgress;
@@ -187,14 +188,28 @@ fn bad_request(error: String) -> Response {
     )
 }
 
+/// The refusal (400, naming it) of a query that gives a parameter more than once ([`Query::once_each`]): the
+/// handlers below read the parameters as they come and would let the last of two apply, so that
+/// `DELETE /api/v1/tokens/invalid?domain=D&token=A&token=B` would delete B alone. Checked before anything else.
+fn repeated_parameter(query: &str) -> Option<Response> {
+    Query::parse(Some(query))
+        .once_each()
+        .err()
+        .map(|e| bad_request(e.to_string()))
+}
+
 /// A store holding more entries than this is listed on the blocking pool, not on an async thread (the copy under
 /// the store's lock and the merge of the domains' lists take time in proportion).
 const LIST_INLINE_MAX: usize = 10_000;
 
 /// `GET /api/v1/tokens/invalid?domain=D&since=UNIX_SECONDS`: `{"tokens": [{domain, token, reason, timestamp_ms,
 /// learnt_ms, source, timestamp_from_apns}, …]}` in the order herald learnt them, `since` compared with when herald
-/// learnt each (not APNs' timestamp, which may be days older); 400 naming the parameter when one is malformed.
+/// learnt each (not APNs' timestamp, which may be days older); 400 naming the parameter when one is malformed or
+/// given more than once; 503 when herald stops before the blocking pool read a large list.
 async fn invalid_tokens_answer(store: Arc<InvalidTokenStore>, query: String) -> Response {
+    if let Some(refusal) = repeated_parameter(&query) {
+        return refusal;
+    }
     let mut domain = None;
     let mut since = 0u64;
     for pair in query.split('&').filter(|p| !p.is_empty()) {
@@ -224,13 +239,25 @@ async fn invalid_tokens_answer(store: Arc<InvalidTokenStore>, query: String) -> 
     }
     crate::queue::run_blocking(answer)
         .await
-        .unwrap_or_else(|| StatusCode::SERVICE_UNAVAILABLE.into_response())
+        .unwrap_or_else(stopped_listing)
+}
+
+/// The answer of a list that herald's blocking pool did not read because herald is stopping.
+fn stopped_listing() -> Response {
+    json(
+        StatusCode::SERVICE_UNAVAILABLE,
+        serde_json::json!({ "error": "herald is stopping: the list was not read" }),
+    )
 }
 
 /// `DELETE /api/v1/tokens/invalid?domain=D&token=HEX`: removes the entry of that token (hex of either case) of
 /// that domain (lowercased), so that a restart does not bring it back (a later report of the token lists it
-/// again). `200 {"deleted": entry}`; `404` when there is none; `400` naming what is missing or malformed.
+/// again). `200 {"deleted": entry}`; `404` when there is none; `400` naming what is missing, malformed or given
+/// more than once.
 fn delete_invalid_token(store: &InvalidTokenStore, query: &str) -> Response {
+    if let Some(refusal) = repeated_parameter(query) {
+        return refusal;
+    }
     let mut domain = None;
     let mut token = None;
     for pair in query.split('&').filter(|p| !p.is_empty()) {
@@ -435,6 +462,45 @@ mod tests {
         let left: Vec<String> = store.list(None, 0).into_iter().map(|e| e.token).collect();
         assert_eq!(left, [bb]);
         drop(dir);
+    }
+
+    /// A parameter given more than once is refused naming it, before anything else is read: a delete naming two
+    /// tokens deletes neither (not the last alone), a list filtered by two domains lists nothing.
+    #[tokio::test]
+    async fn a_parameter_given_twice_is_refused_naming_it() {
+        let aa = "aa".repeat(32);
+        let bb = "bb".repeat(32);
+        let (_dir, store) = store_with(&[("a.example", &aa, 1_000), ("a.example", &bb, 2_000)]);
+        let refused =
+            |name: &str| format!("{name}: given more than once; give each parameter once");
+        for (query, name) in [
+            (format!("domain=a.example&token={aa}&token={bb}"), "token"),
+            (format!("domain=a.example&token={bb}&tok%65n={bb}"), "token"),
+            (
+                format!("domain=a.example&token={bb}&domain=b.example"),
+                "domain",
+            ),
+            (
+                format!("domain=a.example&token={bb}&domain=a.example"),
+                "domain",
+            ),
+            (format!("token=zz&token={bb}&tokn=x"), "token"),
+        ] {
+            let (status, v) = body_of(delete_invalid_token(&store, &query)).await;
+            assert_eq!(status, StatusCode::BAD_REQUEST, "{query}: {v}");
+            assert_eq!(v["error"], refused(name), "{query}");
+        }
+        for (query, name) in [
+            ("domain=a.example&domain=b.example", "domain"),
+            ("since=0&s%69nce=5", "since"),
+            ("since=yesterday&since=0&domian=x", "since"),
+        ] {
+            let (status, v) = answer(&store, query).await;
+            assert_eq!(status, StatusCode::BAD_REQUEST, "{query}: {v}");
+            assert_eq!(v["error"], refused(name), "{query}");
+        }
+        let (_, all) = answer(&store, "").await;
+        assert_eq!(all["tokens"].as_array().unwrap().len(), 2, "{all}");
     }
 
     /// A store too large to list on an async thread is listed on the blocking pool, with the same answer.

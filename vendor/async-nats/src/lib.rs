@@ -1476,7 +1476,8 @@ impl std::fmt::Display for ServerError {
 }
 
 /// Info to construct a CONNECT message.
-#[derive(Clone, Debug, Serialize)]
+// HERALD-PATCH: `Debug` by hand (below), without the password and the token.
+#[derive(Clone, Serialize)]
 pub struct ConnectInfo {
     /// Turns on +OK protocol acknowledgments.
     pub verbose: bool,
@@ -1536,6 +1537,35 @@ pub struct ConnectInfo {
     pub no_responders: bool,
 }
 
+/// What a log line shows for a secret: whether one is set, never its value.
+const MASK: &str = "***";
+
+// HERALD-PATCH: the CONNECT message is logged at trace level (`write operation: CONNECT`); its password and token
+// are shown as `***` (and an unset one as `None`), never as sent.
+impl fmt::Debug for ConnectInfo {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let masked = |secret: &Option<String>| secret.as_ref().map(|_| MASK);
+        f.debug_struct("ConnectInfo")
+            .field("verbose", &self.verbose)
+            .field("pedantic", &self.pedantic)
+            .field("user_jwt", &self.user_jwt)
+            .field("nkey", &self.nkey)
+            .field("signature", &self.signature)
+            .field("name", &self.name)
+            .field("echo", &self.echo)
+            .field("lang", &self.lang)
+            .field("version", &self.version)
+            .field("protocol", &self.protocol)
+            .field("tls_required", &self.tls_required)
+            .field("user", &self.user)
+            .field("pass", &masked(&self.pass))
+            .field("auth_token", &masked(&self.auth_token))
+            .field("headers", &self.headers)
+            .field("no_responders", &self.no_responders)
+            .finish()
+    }
+}
+
 /// Protocol version used by the client.
 #[derive(Serialize_repr, Deserialize_repr, PartialEq, Eq, Debug, Clone, Copy)]
 #[repr(u8)]
@@ -1547,8 +1577,19 @@ pub enum Protocol {
 }
 
 /// Address of a NATS server.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+// HERALD-PATCH: `Debug` by hand (below), with the URL's credentials masked.
+#[derive(Clone, PartialEq, Eq, Hash)]
 pub struct ServerAddr(Url);
+
+// HERALD-PATCH: the connector logs each attempt with `server = ?addr` (at debug level); the derived `Debug` showed
+// the URL's password. It shows [`ServerAddr::masked`] instead.
+impl fmt::Debug for ServerAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("ServerAddr")
+            .field(&format_args!("{}", self.masked()))
+            .finish()
+    }
+}
 
 impl FromStr for ServerAddr {
     type Err = io::Error;
@@ -1652,9 +1693,36 @@ impl ServerAddr {
         self.0.password()
     }
 
+    // HERALD-PATCH: the address as a log line may show it.
+    /// The URL with its credentials masked: the password of `user:password@` as `***`
+    /// (`nats://user:***@host:4222`), and a user without a password, which NATS reads as a token, as `***`
+    /// (`nats://***@host:4222`). A URL without credentials is shown as it is.
+    pub fn masked(&self) -> String {
+        masked_url(&self.0)
+    }
+
     /// Return the sockets from resolving the server address.
     pub async fn socket_addrs(&self) -> io::Result<impl Iterator<Item = SocketAddr> + '_> {
         tokio::net::lookup_host((self.host(), self.port())).await
+    }
+}
+
+// HERALD-PATCH: see [`ServerAddr::masked`].
+/// `url` with the password of its user information, or its user when it has no password, replaced by `***`.
+fn masked_url(url: &Url) -> String {
+    if url.username().is_empty() && url.password().is_none() {
+        return url.to_string();
+    }
+    let mut shown = url.clone();
+    let masked = if url.password().is_some() {
+        shown.set_password(Some(MASK))
+    } else {
+        shown.set_username(MASK)
+    };
+    match masked {
+        Ok(()) => shown.to_string(),
+        // A URL whose credentials cannot be set has no host; none of it is shown but its scheme.
+        Err(()) => format!("{}://{MASK}@", url.scheme()),
     }
 }
 
@@ -1762,6 +1830,81 @@ use crate::message::OutboundMessage;
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    // HERALD-PATCH: tests of the masked addresses and CONNECT message.
+    #[test]
+    fn a_server_address_shows_no_password() {
+        for (url, shown) in [
+            (
+                "nats://herald:s3cr3t@127.0.0.1:4222",
+                "nats://herald:***@127.0.0.1:4222",
+            ),
+            (
+                "tls://herald:s3cr3t@nats.example",
+                "tls://herald:***@nats.example",
+            ),
+            ("herald:s3cr3t@[::1]:4223", "nats://herald:***@[::1]:4223"),
+            (
+                "nats://:s3cr3t@127.0.0.1:4222",
+                "nats://:***@127.0.0.1:4222",
+            ),
+            ("nats://s3cr3t@127.0.0.1:4222", "nats://***@127.0.0.1:4222"),
+            (
+                "nats://herald:p%40ss%3Aw0rd@127.0.0.1:4222",
+                "nats://herald:***@127.0.0.1:4222",
+            ),
+            ("nats://127.0.0.1:4222", "nats://127.0.0.1:4222"),
+        ] {
+            let address = ServerAddr::from_str(url).unwrap();
+            assert_eq!(address.masked(), shown, "{url}");
+            let debug = format!("{address:?}");
+            assert_eq!(debug, format!("ServerAddr({shown})"), "{url}");
+            for secret in ["s3cr3t", "p%40ss", "w0rd"] {
+                assert!(!debug.contains(secret), "{debug}");
+            }
+        }
+        let address = ServerAddr::from_str("nats://herald:s3cr3t@127.0.0.1:4222").unwrap();
+        assert_eq!(address.password(), Some("s3cr3t"));
+        assert_eq!(address.port(), 4222);
+    }
+
+    #[test]
+    fn a_connect_message_shows_no_password_nor_token() {
+        let info = ConnectInfo {
+            verbose: false,
+            pedantic: false,
+            user_jwt: None,
+            nkey: None,
+            signature: None,
+            name: Some("herald n1".into()),
+            echo: true,
+            lang: LANG.into(),
+            version: VERSION.into(),
+            protocol: Protocol::Dynamic,
+            tls_required: false,
+            user: Some("herald".into()),
+            pass: Some("s3cr3t".into()),
+            auth_token: Some("t0k3n".into()),
+            headers: true,
+            no_responders: true,
+        };
+        let debug = format!("{info:?}");
+        assert!(
+            !debug.contains("s3cr3t") && !debug.contains("t0k3n"),
+            "{debug}"
+        );
+        assert!(debug.contains(r#"user: Some("herald")"#), "{debug}");
+        assert!(debug.contains(r#"pass: Some("***")"#), "{debug}");
+        assert!(debug.contains(r#"auth_token: Some("***")"#), "{debug}");
+        let sent = serde_json::to_string(&info).unwrap();
+        assert!(sent.contains(r#""pass":"s3cr3t""#), "{sent}");
+        let without = ConnectInfo {
+            pass: None,
+            auth_token: None,
+            ..info
+        };
+        assert!(format!("{without:?}").contains("pass: None, auth_token: None"));
+    }
 
     #[test]
     fn server_address_ipv6() {

@@ -4,16 +4,15 @@
 //! ([`inject::error_for_path`]).
 
 use axum::Router;
-use axum::extract::{Request, State};
+use axum::extract::State;
 use axum::http::{Method, StatusCode, Uri};
-use axum::middleware::{self, Next};
+use axum::middleware;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 
 use herald_conf::HttpServices;
 
 use super::error::ApiError;
-use super::query::Query;
 use super::{RestState, auth, inject, push};
 
 /// Every (method, path) the listener answers; `docs/openapi.yaml` documents exactly these (HEAD is implied by
@@ -57,7 +56,6 @@ pub fn router_with(state: RestState, extra: Router) -> Router {
     router
         .with_state(state.clone())
         .merge(extra)
-        .route_layer(middleware::from_fn(once_each))
         .fallback(move |method: Method, uri: Uri| not_found(services, method, uri))
         .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::Extension(super::server::MaxRequestSize(
@@ -65,22 +63,6 @@ pub fn router_with(state: RestState, extra: Router) -> Router {
         )))
         .layer(middleware::from_fn_with_state(state, auth::guard))
         .layer(middleware::map_response(super::json_errors::json_errors))
-}
-
-/// The paths whose query parameters are checked here, before their handlers: the invalid-token routes
-/// (`crate::ops`), whose handlers read the parameters as they come and would let the last of two apply. The channel
-/// routes check their own, so that the refusal carries the domain as their every error does.
-const ONCE_EACH: &[&str] = &["/api/v1/tokens/invalid"];
-
-/// Refuses (`400`, naming it) a request to one of [`ONCE_EACH`]'s paths that gives a query parameter more than
-/// once: `DELETE /api/v1/tokens/invalid?domain=D&token=A&token=B` must not delete B alone.
-async fn once_each(request: Request, next: Next) -> Response {
-    if ONCE_EACH.contains(&request.uri().path())
-        && let Err(e) = Query::parse(request.uri().query()).once_each()
-    {
-        return ApiError::bad_request(e.to_string()).into_response();
-    }
-    next.run(request).await
 }
 
 /// Every injection route while REST injection is turned off.
