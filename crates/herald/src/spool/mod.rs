@@ -864,22 +864,60 @@ impl UnroutedWarnings {
 /// gives each notification it repeats the id the refused attempt gave it. The stream then drops the copies of
 /// those it took already (within its duplicate window), and the answer names the ids the first attempt assigned.
 ///
-/// The request's [`retry_ids::RequestIds`] travels with it as a task-local value: [`retry_ids::within`] runs the
+/// A request whose node vanishes (cut off from NATS, its heartbeat gone) never gets to record its ids as refused: so
+/// before each batch goes to the spool, the ids it assigned so far are recorded in its key's claim
+/// ([`retry_ids::RecordIds`]), and a request taking the key over reuses them the same way.
+///
+/// The request's [`retry_ids::RequestIds`] travels with it as a task-local value: [`retry_ids::running`] runs the
 /// request with it, [`crate::inbound::accept::Intake::prepare`] takes each notification's id from it
-/// ([`retry_ids::assign`]), and the [`SpoolBridge`] stores a batch of such a request with
-/// [`Spool::append_deduplicated`].
+/// ([`retry_ids::assign`]), [`retry_ids::within`] runs each commit of a batch of it once its ids are recorded, and
+/// the [`SpoolBridge`] stores such a batch with [`Spool::append_deduplicated`].
 pub mod retry_ids {
     use std::collections::{HashMap, VecDeque};
     use std::future::Future;
     use std::sync::{Arc, Mutex};
 
+    use herald_spool::SpoolError;
     use sha2::{Digest, Sha256};
 
-    use crate::inbound::accept::Submission;
+    use crate::inbound::accept::{BoxFuture, NoRoom, Submission, Unavailable};
     use crate::queue::message::{MessageId, Notification};
 
     tokio::task_local! {
         static CURRENT: Arc<RequestIds>;
+    }
+
+    /// Where a request records the ids it is about to hand to the spool, so that a request taking its key over
+    /// (its node gone before it answered) reuses them: the claim of its `Idempotency-Key` in the bucket the nodes
+    /// share.
+    pub trait RecordIds: Send + Sync + std::fmt::Debug {
+        /// Records `pairs` (fingerprint, id): every id the request assigned so far, then those of an earlier attempt
+        /// it did not repeat. Done before each batch goes to the spool ([`within`]); an error keeps the batch out.
+        fn record(&self, pairs: Vec<(u64, MessageId)>) -> BoxFuture<'_, Result<(), RecordError>>;
+    }
+
+    /// Why a request's ids could not be recorded before a batch of it went to the spool: the batch is refused as
+    /// when NATS does not take it, so that nothing is published under ids a request taking the key over would not
+    /// know.
+    #[derive(Debug, Clone, thiserror::Error)]
+    pub enum RecordError {
+        /// NATS did not take the write (it may still store it).
+        #[error(
+            "cannot record the ids of the request's notifications in the claim of its Idempotency-Key: {0}"
+        )]
+        Unrecorded(String),
+        /// Another request holds the key now: this node was taken for gone (its heartbeat lapsed).
+        #[error(
+            "the claim of the request's Idempotency-Key was taken over by a retry through another node (this node's \
+             heartbeat lapsed)"
+        )]
+        TakenOver,
+    }
+
+    impl From<RecordError> for NoRoom {
+        fn from(e: RecordError) -> NoRoom {
+            NoRoom::Now(Unavailable::Spool(SpoolError::Unreachable(e.to_string())))
+        }
     }
 
     /// The ids of one request (one attempt of it).
@@ -887,6 +925,8 @@ pub mod retry_ids {
     pub struct RequestIds {
         dedup: String,
         inner: Mutex<Inner>,
+        /// Where its ids are recorded before each batch goes to the spool; `None`: nowhere.
+        recorder: Option<Arc<dyn RecordIds>>,
     }
 
     #[derive(Debug, Default)]
@@ -906,6 +946,24 @@ pub mod retry_ids {
         /// [`herald_spool::Spool::append_deduplicated`]), reusing `earlier` (fingerprint, id) pairs, those of a
         /// refused attempt, in their order.
         pub fn new(dedup: String, earlier: Vec<(u64, MessageId)>) -> Arc<RequestIds> {
+            RequestIds::build(dedup, earlier, None)
+        }
+
+        /// [`RequestIds::new`], whose ids `recorder` records before each batch of the request goes to the spool
+        /// ([`within`]).
+        pub fn recorded(
+            dedup: String,
+            earlier: Vec<(u64, MessageId)>,
+            recorder: Arc<dyn RecordIds>,
+        ) -> Arc<RequestIds> {
+            RequestIds::build(dedup, earlier, Some(recorder))
+        }
+
+        fn build(
+            dedup: String,
+            earlier: Vec<(u64, MessageId)>,
+            recorder: Option<Arc<dyn RecordIds>>,
+        ) -> Arc<RequestIds> {
             let mut by_fingerprint: HashMap<u64, VecDeque<MessageId>> = HashMap::new();
             for (fingerprint, id) in earlier {
                 by_fingerprint.entry(fingerprint).or_default().push_back(id);
@@ -916,6 +974,7 @@ pub mod retry_ids {
                     earlier: by_fingerprint,
                     ..Inner::default()
                 }),
+                recorder,
             })
         }
 
@@ -939,14 +998,26 @@ pub mod retry_ids {
             } else {
                 inner.reused.clone()
             };
-            let mut left: Vec<(u64, MessageId)> = inner
-                .earlier
-                .iter()
-                .flat_map(|(f, ids)| ids.iter().map(move |id| (*f, *id)))
-                .collect();
-            left.sort_unstable_by_key(|(_, id)| *id);
-            pairs.extend(left);
+            pairs.extend(unrepeated(&inner.earlier));
             (!pairs.is_empty()).then_some(pairs)
+        }
+
+        /// The ids a request taking this one's key over must reuse should this one never answer, once it hands a
+        /// batch to the spool: every (fingerprint, id) pair it assigned, then those of an earlier attempt it did
+        /// not repeat (what that one published may be in the stream).
+        pub fn to_record(&self) -> Vec<(u64, MessageId)> {
+            let inner = self.lock();
+            let mut pairs = inner.assigned.clone();
+            pairs.extend(unrepeated(&inner.earlier));
+            pairs
+        }
+
+        /// Records the request's ids where its recorder keeps them (nothing without one).
+        async fn record(&self) -> Result<(), RecordError> {
+            match &self.recorder {
+                Some(recorder) => recorder.record(self.to_record()).await,
+                None => Ok(()),
+            }
         }
 
         /// Notes that the request hands a batch to the spool.
@@ -955,8 +1026,33 @@ pub mod retry_ids {
         }
     }
 
-    /// Runs `f` with `ids` as its request's ids (none: a request without them).
-    pub async fn within<F: Future>(ids: Option<Arc<RequestIds>>, f: F) -> F::Output {
+    /// The ids of an earlier attempt no notification of this one took, in their order.
+    fn unrepeated(earlier: &HashMap<u64, VecDeque<MessageId>>) -> Vec<(u64, MessageId)> {
+        let mut left: Vec<(u64, MessageId)> = earlier
+            .iter()
+            .flat_map(|(f, ids)| ids.iter().map(move |id| (*f, *id)))
+            .collect();
+        left.sort_unstable_by_key(|(_, id)| *id);
+        left
+    }
+
+    /// Runs `f`, the commit of a batch of the request whose ids are `ids` (none: a request without them), with
+    /// them as its ids. The ids the request assigned so far (the batch's among them) are first recorded
+    /// ([`RecordIds`]): should that fail, `f` does not run and the batch is refused with the reason.
+    pub async fn within<T, E, F>(ids: Option<Arc<RequestIds>>, f: F) -> Result<T, E>
+    where
+        F: Future<Output = Result<T, E>>,
+        E: From<RecordError>,
+    {
+        let Some(ids) = ids else {
+            return f.await;
+        };
+        ids.record().await?;
+        CURRENT.scope(ids, f).await
+    }
+
+    /// Runs `f`, a whole request, with `ids` as its ids (none: a request without them).
+    pub async fn running<F: Future>(ids: Option<Arc<RequestIds>>, f: F) -> F::Output {
         match ids {
             Some(ids) => CURRENT.scope(ids, f).await,
             None => f.await,
@@ -1056,7 +1152,7 @@ pub(crate) mod tests {
             n
         };
         let first = retry_ids::RequestIds::new("i0".into(), Vec::new());
-        retry_ids::within(Some(first.clone()), async {
+        retry_ids::running(Some(first.clone()), async {
             for (token, id) in [("aa", 1), ("bb", 2), ("aa", 3)] {
                 let fingerprint = retry_ids::fingerprint(&submission(token)).unwrap();
                 let mut n = notification(id);
@@ -1074,7 +1170,7 @@ pub(crate) mod tests {
         assert_eq!(pairs[0].0, pairs[2].0);
 
         let retry = retry_ids::RequestIds::new("i0".into(), pairs);
-        let ids = retry_ids::within(Some(retry.clone()), async {
+        let ids = retry_ids::running(Some(retry.clone()), async {
             ["cc", "aa", "aa"]
                 .iter()
                 .enumerate()
@@ -1097,7 +1193,7 @@ pub(crate) mod tests {
         );
         // And a third attempt reuses them all.
         let third = retry_ids::RequestIds::new("i0".into(), left);
-        let ids = retry_ids::within(Some(third), async {
+        let ids = retry_ids::running(Some(third), async {
             ["aa", "bb", "aa"]
                 .iter()
                 .enumerate()
@@ -1111,6 +1207,84 @@ pub(crate) mod tests {
         })
         .await;
         assert_eq!(ids, [1, 2, 3]);
+    }
+
+    /// A commit of a batch of a request with a recorder (`retry_ids::within`) records every id the request
+    /// assigned so far, then those of an earlier attempt it did not repeat, before the batch goes to the spool; a
+    /// record that fails keeps the batch out, refused for now (503) with the reason.
+    #[tokio::test]
+    async fn a_batch_goes_to_the_spool_only_once_its_ids_are_recorded() {
+        use retry_ids::{RecordError, RecordIds, RequestIds};
+        #[derive(Debug, Default)]
+        struct Book {
+            records: std::sync::Mutex<Vec<Vec<(u64, MessageId)>>>,
+            refuse: std::sync::atomic::AtomicBool,
+        }
+        impl RecordIds for Book {
+            fn record(
+                &self,
+                pairs: Vec<(u64, MessageId)>,
+            ) -> BoxFuture<'_, Result<(), RecordError>> {
+                self.records.lock().unwrap().push(pairs);
+                let refuse = self.refuse.load(std::sync::atomic::Ordering::SeqCst);
+                Box::pin(async move {
+                    if refuse {
+                        Err(RecordError::TakenOver)
+                    } else {
+                        Ok(())
+                    }
+                })
+            }
+        }
+        let book = Arc::new(Book::default());
+        let earlier = vec![(7, MessageId(1)), (9, MessageId(2))];
+        let ids = RequestIds::recorded("i0".into(), earlier, book.clone());
+        let assign = |fingerprint: u64, id: u128| {
+            let mut n = sample();
+            n.id = MessageId(id);
+            retry_ids::assign(fingerprint, &mut n);
+            n.id
+        };
+        let committed = std::sync::atomic::AtomicUsize::new(0);
+        let commit = || async {
+            committed.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            Ok::<(), crate::inbound::accept::NoRoom>(())
+        };
+        retry_ids::running(Some(ids.clone()), async {
+            assert_eq!(assign(5, 10), MessageId(10));
+            retry_ids::within(retry_ids::current(), commit())
+                .await
+                .unwrap();
+            assert_eq!(assign(9, 11), MessageId(2));
+            retry_ids::within(retry_ids::current(), commit())
+                .await
+                .unwrap();
+            book.refuse.store(true, std::sync::atomic::Ordering::SeqCst);
+            assign(4, 12);
+            let refused = retry_ids::within(retry_ids::current(), commit())
+                .await
+                .unwrap_err();
+            assert!(
+                refused
+                    .to_string()
+                    .contains("NATS unreachable: the claim of"),
+                "{refused}"
+            );
+        })
+        .await;
+        assert_eq!(committed.load(std::sync::atomic::Ordering::SeqCst), 2);
+        let ids_of =
+            |pairs: &Vec<(u64, MessageId)>| pairs.iter().map(|(_, id)| id.0).collect::<Vec<_>>();
+        let records = book.records.lock().unwrap().clone();
+        assert_eq!(
+            records.iter().map(ids_of).collect::<Vec<_>>(),
+            [vec![10, 1, 2], vec![10, 2, 1], vec![10, 2, 12, 1]]
+        );
+        // A request without a recorder, or without ids, commits at once.
+        let plain = RequestIds::new("i1".into(), Vec::new());
+        retry_ids::within(Some(plain), commit()).await.unwrap();
+        retry_ids::within(None, commit()).await.unwrap();
+        assert_eq!(committed.load(std::sync::atomic::Ordering::SeqCst), 4);
     }
 
     /// A stored notification to put in a test spool.

@@ -24,14 +24,18 @@
 //!   under message ids its retries repeat, and once refused after handing them to NATS it replaces its claim with
 //!   the ids it assigned ([`crate::spool::retry_ids`]); a retry with the key within the
 //!   stream's duplicate window (less a quarter, for the clocks) gives the notifications it repeats the same ids,
-//!   and the stream drops the copies of those it took.
+//!   and the stream drops the copies of those it took. A node may also vanish between its publishes and its
+//!   answer, never to write those ids: so before each batch goes to the spool, the request replaces its claim by
+//!   one carrying the ids it assigned so far (`SharedRecord::Publishing`, written by a `ClaimRecorder`; a
+//!   write NATS does not take refuses the batch), and the request that takes such a claim over reuses them as it
+//!   would a refused request's.
 //!
 //! Once claimed, a request runs to its end on a task of its own: a client that hangs up mid-way leaves neither its
 //! key claimed nor its accepted notifications unremembered.
 
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -46,8 +50,9 @@ use sha2::{Digest, Sha256};
 
 use super::auth::ApiCaller;
 use super::error::{ApiError, json_response};
+use crate::inbound::accept::BoxFuture;
 use crate::queue::message::MessageId;
-use crate::spool::retry_ids::{self, RequestIds};
+use crate::spool::retry_ids::{self, RecordError, RecordIds, RequestIds};
 
 /// How long an accepted key is remembered.
 pub const TTL: Duration = Duration::from_secs(24 * 3600);
@@ -72,6 +77,11 @@ const CLAIMED: u8 = b'C';
 /// A shared bucket entry left by a request refused after it handed notifications to NATS: how long after the
 /// entry was stored its ids may be reused (u64 ms), then (fingerprint u64, id u128) pairs follow.
 const REFUSED: u8 = b'R';
+/// A shared bucket entry that is the claim of a request handing notifications to NATS, with the ids it assigned:
+/// digest, nonce (u64), how long after the entry was stored its ids may be reused (u64 ms), the node name's
+/// length (u16) and the name, then (fingerprint u64, id u128) pairs follow. Herald before this record reads it
+/// as unknown (docs/scale-out.md, rolling upgrades).
+const PUBLISHING: u8 = b'P';
 /// Of the stream's duplicate window, the part a retry may reuse a refused request's ids in: the rest is room for
 /// the time between a claim and its publishes and for clocks that differ (the age of a refused request's entry is
 /// this node's clock against the NATS server's).
@@ -143,12 +153,11 @@ enum Claim {
 /// [`MAX_CLAIM_AGE`] that the request still runs.
 struct SharedClaim {
     owner: Arc<Idempotency>,
-    key: String,
-    revision: u64,
+    /// The entry, shared with the request's record of its ids ([`ClaimRecorder`]), which moves its revision.
+    held: Arc<HeldClaim>,
     settled: bool,
-    /// The request's ids ([`crate::spool::retry_ids`]), and until when a retry may reuse them.
+    /// The request's ids ([`crate::spool::retry_ids`]).
     ids: Arc<RequestIds>,
-    reuse_until: tokio::time::Instant,
     /// When the claim was made (about: read back after the bucket took it).
     claimed_at: tokio::time::Instant,
 }
@@ -158,11 +167,95 @@ impl SharedClaim {
     fn refused(&mut self) -> Release {
         self.settled = true;
         Release {
-            key: std::mem::take(&mut self.key),
-            revision: self.revision,
+            key: self.held.key.clone(),
+            revision: self.held.revision(),
+            nonce: self.held.nonce,
+            reread: self.held.unsettled.load(Ordering::SeqCst),
             ids: self.ids.clone(),
-            reuse_until: self.reuse_until,
+            reuse_until: self.held.reuse_until,
             until: self.claimed_at + MAX_CLAIM_AGE,
+        }
+    }
+}
+
+/// A claim in the shared bucket as its request holds it: where it is, the revision last written, and what a
+/// rewrite of it carries.
+#[derive(Debug)]
+struct HeldClaim {
+    key: String,
+    revision: AtomicU64,
+    digest: [u8; 32],
+    node: String,
+    /// The number the request drew: its claim carries it, so that it knows its own.
+    nonce: u64,
+    /// Until when a retry may reuse the request's ids.
+    reuse_until: tokio::time::Instant,
+    /// A record of the ids failed without NATS saying whether it stored it: the revision may be past
+    /// `revision`, with this request's record ([`Release::attempt`] reads it back).
+    unsettled: AtomicBool,
+}
+
+impl HeldClaim {
+    fn revision(&self) -> u64 {
+        self.revision.load(Ordering::SeqCst)
+    }
+}
+
+/// Records a request's ids in its claim before each batch of it goes to the spool ([`RecordIds`]): the claim
+/// becomes a [`SharedRecord::Publishing`], so that a request taking the key over, should this one's node vanish
+/// before it answers, gives the notifications it repeats the same ids and the stream drops the copies.
+struct ClaimRecorder {
+    owner: Arc<Idempotency>,
+    held: Arc<HeldClaim>,
+    /// One record at a time: each names the revision the one before wrote.
+    writing: tokio::sync::Mutex<()>,
+}
+
+impl std::fmt::Debug for ClaimRecorder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClaimRecorder")
+            .field("held", &self.held)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RecordIds for ClaimRecorder {
+    fn record(&self, pairs: Vec<(u64, MessageId)>) -> BoxFuture<'_, Result<(), RecordError>> {
+        Box::pin(self.write(pairs))
+    }
+}
+
+impl ClaimRecorder {
+    async fn write(&self, pairs: Vec<(u64, MessageId)>) -> Result<(), RecordError> {
+        let Keys::Shared { bucket, .. } = &self.owner.keys else {
+            return Ok(());
+        };
+        let _one_at_a_time = self.writing.lock().await;
+        let held = &self.held;
+        let left = held
+            .reuse_until
+            .saturating_duration_since(tokio::time::Instant::now());
+        // Past the window no request taking the key over would reuse them: the round trip is spared.
+        if left.is_zero() || pairs.is_empty() {
+            return Ok(());
+        }
+        let record = SharedRecord::publishing(
+            &held.digest,
+            &held.node,
+            held.nonce,
+            left.as_millis() as u64,
+            &pairs,
+        );
+        match bucket.replace(&held.key, held.revision(), &record).await {
+            Ok(Some(revision)) => {
+                held.revision.store(revision, Ordering::SeqCst);
+                Ok(())
+            }
+            Ok(None) => Err(RecordError::TakenOver),
+            Err(e) => {
+                held.unsettled.store(true, Ordering::SeqCst);
+                Err(RecordError::Unrecorded(e.to_string()))
+            }
         }
     }
 }
@@ -186,6 +279,11 @@ impl Drop for SharedClaim {
 struct Release {
     key: String,
     revision: u64,
+    /// The request's number, to know its own claim when the entry is read back.
+    nonce: u64,
+    /// A record of the request's ids may have been stored at a later revision than `revision`, its answer lost:
+    /// the entry is read back before the release, and a claim of the request's own is released at its revision.
+    reread: bool,
     ids: Arc<RequestIds>,
     reuse_until: tokio::time::Instant,
     /// When the claim may be taken over whatever its node ([`MAX_CLAIM_AGE`] after it was made): the release is
@@ -196,7 +294,14 @@ struct Release {
 impl Release {
     /// One attempt; `Ok` once done, or once the entry moved past the claim (whatever wrote it: this release, whose
     /// answer was lost, or a request that took the claim over).
-    async fn attempt(&self, bucket: &ClaimBucket) -> Result<(), ClaimError> {
+    async fn attempt(&mut self, bucket: &ClaimBucket) -> Result<(), ClaimError> {
+        if self.reread {
+            let entry = bucket.read(&self.key).await?;
+            if let Found::Own { revision } = found(entry.as_ref(), self.nonce) {
+                self.revision = revision;
+            }
+            self.reread = false;
+        }
         let left = self
             .reuse_until
             .saturating_duration_since(tokio::time::Instant::now());
@@ -276,7 +381,25 @@ enum SharedRecord<'a> {
     /// A request refused after it handed notifications to NATS: for `reuse_ms` after the entry was stored, a
     /// retry gives the notifications it repeats the ids of `pairs` (fingerprint, id; 24 bytes each).
     Refused { reuse_ms: u64, pairs: &'a [u8] },
+    /// A running request's claim, as [`SharedRecord::Claimed`], once it hands notifications to NATS: a request
+    /// taking it over reuses `ids` as a retry reuses those of [`SharedRecord::Refused`].
+    Publishing {
+        node: &'a str,
+        nonce: u64,
+        ids: Reusable<'a>,
+    },
 }
+
+/// Ids a request left for the next one with its key: for `reuse_ms` after the entry was stored, the notifications
+/// the next one repeats take the ids of `pairs` (fingerprint, id; 24 bytes each).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Reusable<'a> {
+    reuse_ms: u64,
+    pairs: &'a [u8],
+}
+
+/// Bytes of a [`PUBLISHING`] record before the node's name: digest, nonce, reuse time, name length.
+const PUBLISHING_HEAD: usize = 32 + 8 + 8 + 2;
 
 impl<'a> SharedRecord<'a> {
     fn claim(digest: &[u8; 32], node: &str, nonce: u64) -> Vec<u8> {
@@ -292,10 +415,32 @@ impl<'a> SharedRecord<'a> {
         let mut v = Vec::with_capacity(9 + 24 * pairs.len());
         v.push(REFUSED);
         v.extend_from_slice(&reuse_ms.to_be_bytes());
-        for (fingerprint, id) in pairs {
-            v.extend_from_slice(&fingerprint.to_be_bytes());
-            v.extend_from_slice(&id.0.to_be_bytes());
+        put_pairs(&mut v, pairs);
+        v
+    }
+
+    /// A claim with the ids its request assigned ([`SharedRecord::Publishing`]). A node name longer than a u16
+    /// counts is cut (node names are short: a host name and a few digits).
+    fn publishing(
+        digest: &[u8; 32],
+        node: &str,
+        nonce: u64,
+        reuse_ms: u64,
+        pairs: &[(u64, MessageId)],
+    ) -> Vec<u8> {
+        let mut cut = node.len().min(usize::from(u16::MAX));
+        while !node.is_char_boundary(cut) {
+            cut -= 1;
         }
+        let node = &node[..cut];
+        let mut v = Vec::with_capacity(1 + PUBLISHING_HEAD + node.len() + 24 * pairs.len());
+        v.push(PUBLISHING);
+        v.extend_from_slice(digest);
+        v.extend_from_slice(&nonce.to_be_bytes());
+        v.extend_from_slice(&reuse_ms.to_be_bytes());
+        v.extend_from_slice(&(node.len() as u16).to_be_bytes());
+        v.extend_from_slice(node.as_bytes());
+        put_pairs(&mut v, pairs);
         v
     }
 
@@ -315,13 +460,14 @@ impl<'a> SharedRecord<'a> {
 
     fn decode(value: &'a [u8]) -> Option<SharedRecord<'a>> {
         match value.split_first()? {
-            (&REFUSED, rest) if rest.len() >= 8 && (rest.len() - 8) % 24 == 0 => {
+            (&REFUSED, rest) if rest.len() >= 8 && (rest.len() - 8).is_multiple_of(24) => {
                 let (reuse, pairs) = rest.split_at(8);
                 Some(SharedRecord::Refused {
                     reuse_ms: u64::from_be_bytes(reuse.try_into().ok()?),
                     pairs,
                 })
             }
+            (&PUBLISHING, rest) => Self::decode_publishing(rest),
             (&ANSWERED, rest) if rest.len() >= 34 => Some(SharedRecord::Answered(rest)),
             (&CLAIMED, rest) if rest.len() >= 40 => {
                 let mut nonce = [0u8; 8];
@@ -333,6 +479,33 @@ impl<'a> SharedRecord<'a> {
             }
             _ => None,
         }
+    }
+
+    /// A [`PUBLISHING`] record, its tag taken off.
+    fn decode_publishing(rest: &'a [u8]) -> Option<SharedRecord<'a>> {
+        let head = rest.get(..PUBLISHING_HEAD)?;
+        let word = |at: usize| -> Option<u64> {
+            Some(u64::from_be_bytes(head.get(at..at + 8)?.try_into().ok()?))
+        };
+        let (nonce, reuse_ms) = (word(32)?, word(40)?);
+        let node_len = usize::from(u16::from_be_bytes([head[48], head[49]]));
+        let (node, pairs) = rest[PUBLISHING_HEAD..].split_at_checked(node_len)?;
+        if !pairs.len().is_multiple_of(24) {
+            return None;
+        }
+        Some(SharedRecord::Publishing {
+            node: std::str::from_utf8(node).ok()?,
+            nonce,
+            ids: Reusable { reuse_ms, pairs },
+        })
+    }
+}
+
+/// Appends (fingerprint, id) pairs, 24 bytes each.
+fn put_pairs(v: &mut Vec<u8>, pairs: &[(u64, MessageId)]) {
+    for (fingerprint, id) in pairs {
+        v.extend_from_slice(&fingerprint.to_be_bytes());
+        v.extend_from_slice(&id.0.to_be_bytes());
     }
 }
 
@@ -476,7 +649,7 @@ impl Idempotency {
             Claim::Shared(shared) => Some(shared.ids.clone()),
             Claim::Local(_) => None,
         };
-        let response = match retry_ids::within(ids, handle).await {
+        let response = match retry_ids::running(ids, handle).await {
             Ok(r) if r.status().is_success() => r,
             other => {
                 self.release(claim).await;
@@ -529,7 +702,7 @@ impl Idempotency {
                 let mut value = Vec::with_capacity(1 + answer.len());
                 value.push(ANSWERED);
                 value.extend_from_slice(&answer);
-                let (key, revision) = (&claim.key, &claim.revision);
+                let (key, revision) = (&claim.held.key, &claim.held.revision());
                 let written = bucket.replace(key, *revision, &value).await;
                 claim.settled = true;
                 match written {
@@ -593,7 +766,7 @@ impl Idempotency {
     /// being elected), goes on in the background ([`Self::release_later`]): meanwhile a retry with the key is
     /// answered `409`, as the claim stands. Removing the claim instead of the ids would have the retry give the
     /// notifications new ids, and send again what NATS took of the refused request.
-    async fn release_shared(self: Arc<Self>, release: Release) {
+    async fn release_shared(self: Arc<Self>, mut release: Release) {
         let Keys::Shared { bucket, .. } = &self.keys else {
             return;
         };
@@ -608,7 +781,7 @@ impl Idempotency {
 
     /// Tries a release again, with pauses from [`RELEASE_FIRST_PAUSE`] doubling up to [`RELEASE_MAX_PAUSE`], until
     /// it is done or the claim may be taken over anyway ([`MAX_CLAIM_AGE`] after it was made).
-    async fn release_later(self: Arc<Self>, release: Release) {
+    async fn release_later(self: Arc<Self>, mut release: Release) {
         let Keys::Shared { bucket, .. } = &self.keys else {
             return;
         };
@@ -907,13 +1080,25 @@ async fn claim_passes(
     let claim = SharedRecord::claim(digest, spool.node_name(), nonce);
     let dedup = format!("i{}", &key[..32]);
     let held = |revision, earlier, reuse_until| {
+        let held = Arc::new(HeldClaim {
+            key: key.to_owned(),
+            revision: AtomicU64::new(revision),
+            digest: *digest,
+            node: spool.node_name().to_owned(),
+            nonce,
+            reuse_until,
+            unsettled: AtomicBool::new(false),
+        });
+        let recorder = Arc::new(ClaimRecorder {
+            owner: owner.clone(),
+            held: held.clone(),
+            writing: tokio::sync::Mutex::new(()),
+        });
         Step::Run(Claim::Shared(SharedClaim {
             owner: owner.clone(),
-            key: key.to_owned(),
-            revision,
+            held,
             settled: false,
-            ids: RequestIds::new(dedup.clone(), earlier),
-            reuse_until,
+            ids: RequestIds::recorded(dedup.clone(), earlier, recorder),
             claimed_at: tokio::time::Instant::now(),
         }))
     };
@@ -959,6 +1144,7 @@ async fn claim_passes(
                 nonce: theirs,
                 revision,
                 stored_ms,
+                ids,
             } => {
                 // A claim of a request of this node answered without it (its write stored after the answer) is
                 // no running request's: taken over at once, rather than refused until the sweep removes it.
@@ -973,6 +1159,10 @@ async fn claim_passes(
                     tracing::info!(key = %key_text, "taking over the idempotency key of a request whose node ({node}) is gone");
                 }
                 (reuse_until, earlier) = fresh();
+                // The ids it recorded before handing notifications to NATS, as a refused request's.
+                if let Some(reused) = ids.and_then(|ids| reusable(spool, ids, stored_ms)) {
+                    (reuse_until, earlier) = reused;
+                }
                 writes.push(seen);
                 bucket.replace(key, revision, &claim).await
             }
@@ -983,14 +1173,8 @@ async fn claim_passes(
                 stored_ms,
             } => {
                 (reuse_until, earlier) = fresh();
-                // The ids of a refused attempt, while the stream still drops copies of what it took of it;
-                // past that, the retry is a new request.
-                let age = now_ms().saturating_sub(stored_ms);
-                if age < reuse_ms {
-                    reuse_until = tokio::time::Instant::now()
-                        + Duration::from_millis(reuse_ms - age)
-                            .min(reuse_window(spool.duplicate_window()));
-                    earlier = SharedRecord::pairs(pairs);
+                if let Some(reused) = reusable(spool, Reusable { reuse_ms, pairs }, stored_ms) {
+                    (reuse_until, earlier) = reused;
                 }
                 writes.push(seen);
                 bucket.replace(key, revision, &claim).await
@@ -1071,12 +1255,14 @@ enum Found<'a> {
     Own { revision: u64 },
     /// Another request's answer.
     Answered(&'a [u8]),
-    /// Another request's claim, made on `node` by the request that drew `nonce`.
+    /// Another request's claim, made on `node` by the request that drew `nonce`; with the ids it assigned once
+    /// it hands notifications to NATS ([`SharedRecord::Publishing`]).
     Claimed {
         node: &'a str,
         nonce: u64,
         revision: u64,
         stored_ms: u64,
+        ids: Option<Reusable<'a>>,
     },
     /// A request refused after it handed notifications to NATS ([`SharedRecord::Refused`]).
     Refused {
@@ -1095,12 +1281,22 @@ fn found(entry: Option<&herald_spool::ClaimEntry>, nonce: u64) -> Found<'_> {
     };
     let (revision, stored_ms) = (entry.revision, entry.stored_ms);
     match SharedRecord::decode(&entry.value) {
-        Some(SharedRecord::Claimed { nonce: n, .. }) if n == nonce => Found::Own { revision },
+        Some(
+            SharedRecord::Claimed { nonce: n, .. } | SharedRecord::Publishing { nonce: n, .. },
+        ) if n == nonce => Found::Own { revision },
         Some(SharedRecord::Claimed { node, nonce }) => Found::Claimed {
             node,
             nonce,
             revision,
             stored_ms,
+            ids: None,
+        },
+        Some(SharedRecord::Publishing { node, nonce, ids }) => Found::Claimed {
+            node,
+            nonce,
+            revision,
+            stored_ms,
+            ids: Some(ids),
         },
         Some(SharedRecord::Answered(stored)) => Found::Answered(stored),
         Some(SharedRecord::Refused { reuse_ms, pairs }) => Found::Refused {
@@ -1111,6 +1307,21 @@ fn found(entry: Option<&herald_spool::ClaimEntry>, nonce: u64) -> Found<'_> {
         },
         None => Found::Unknown,
     }
+}
+
+/// The ids `ids` of an entry stored at `stored_ms` (the server's clock) that the next request with the key reuses,
+/// and until when: while the stream still drops copies of what the request that left them published; past that,
+/// none (the next one is a new request).
+fn reusable(
+    spool: &JetStreamSpool,
+    ids: Reusable<'_>,
+    stored_ms: u64,
+) -> Option<(tokio::time::Instant, Vec<(u64, MessageId)>)> {
+    let age = now_ms().saturating_sub(stored_ms);
+    let left = ids.reuse_ms.checked_sub(age).filter(|left| *left > 0)?;
+    let until = tokio::time::Instant::now()
+        + Duration::from_millis(left).min(reuse_window(spool.duplicate_window()));
+    Some((until, SharedRecord::pairs(ids.pairs)))
 }
 
 /// How long after its claim a refused request's ids may be reused: [`REUSE_SHARE`] of the stream's duplicate window.
@@ -1258,6 +1469,41 @@ mod tests {
             other => panic!("{other:?}"),
         }
         assert_eq!(SharedRecord::decode(&refused[..20]), None);
+        // A claim with the ids its request assigned: as a claim, with the ids and how long they may be reused.
+        let publishing = SharedRecord::publishing(&digest, "host-a-12-1f", 42, 90_000, &pairs);
+        assert_eq!(publishing.len(), 1 + PUBLISHING_HEAD + 12 + 2 * 24);
+        match SharedRecord::decode(&publishing) {
+            Some(SharedRecord::Publishing { node, nonce, ids }) => {
+                assert_eq!((node, nonce, ids.reuse_ms), ("host-a-12-1f", 42, 90_000));
+                assert_eq!(SharedRecord::pairs(ids.pairs), pairs);
+            }
+            other => panic!("{other:?}"),
+        }
+        let none = SharedRecord::publishing(&digest, "n", 42, 0, &[]);
+        assert!(matches!(
+            SharedRecord::decode(&none),
+            Some(SharedRecord::Publishing {
+                node: "n",
+                ids: Reusable { pairs: [], .. },
+                ..
+            })
+        ));
+        // Cut anywhere but at a pair's end, or naming more of a node than it holds: not read.
+        for cut in [
+            10,
+            PUBLISHING_HEAD,
+            PUBLISHING_HEAD + 5,
+            publishing.len() - 1,
+        ] {
+            assert_eq!(
+                SharedRecord::decode(&publishing[..cut]),
+                None,
+                "cut at {cut}"
+            );
+        }
+        let mut long_node = publishing.clone();
+        long_node[1 + 48] = 0xff;
+        assert_eq!(SharedRecord::decode(&long_node), None);
         assert_eq!(
             reuse_window(Duration::from_secs(120)),
             Duration::from_secs(90)
@@ -1308,9 +1554,30 @@ mod tests {
                 node: "node-a",
                 nonce: 5,
                 revision: 41,
-                stored_ms: 1_800_000_000_000
+                stored_ms: 1_800_000_000_000,
+                ids: None,
             }
         );
+        // Once it hands notifications to NATS, its claim carries the ids it assigned: still its own, and another
+        // request's with the ids to reuse should it take it over.
+        let pairs = [(3, MessageId(4)), (3, MessageId(5))];
+        let publishing = entry(SharedRecord::publishing(
+            &digest, "node-a", 5, 90_000, &pairs,
+        ));
+        assert_eq!(found(Some(&publishing), 5), Found::Own { revision: 41 });
+        match found(Some(&publishing), 6) {
+            Found::Claimed {
+                node: "node-a",
+                nonce: 5,
+                revision: 41,
+                ids: Some(ids),
+                ..
+            } => {
+                assert_eq!(ids.reuse_ms, 90_000);
+                assert_eq!(SharedRecord::pairs(ids.pairs), pairs);
+            }
+            other => panic!("{other:?}"),
+        }
         let other = entry(SharedRecord::claim(&digest, "node-b", 9));
         assert!(matches!(
             found(Some(&other), 5),
@@ -1913,7 +2180,8 @@ mod tests {
     }
 
     /// A TCP proxy to the NATS server on `port` that holds what its clients send from the moment it holds `pattern`
-    /// (once), until `release` turns true; `holding` turns true when it starts to.
+    /// (once), until `release` turns true; `holding` turns true when it starts to. Made by [`HoldingProxy::cut_off`],
+    /// it then holds what any client sends, on any connection (a client connecting again included).
     struct HoldingProxy {
         port: u16,
         holding: tokio::sync::watch::Receiver<bool>,
@@ -1922,6 +2190,16 @@ mod tests {
 
     impl HoldingProxy {
         async fn start(port: u16, pattern: Vec<u8>) -> HoldingProxy {
+            HoldingProxy::listen(port, pattern, false).await
+        }
+
+        /// A proxy that cuts its clients off from NATS once one sends `pattern`: nothing they send goes through
+        /// from then on, until `release`.
+        async fn cut_off(port: u16, pattern: Vec<u8>) -> HoldingProxy {
+            HoldingProxy::listen(port, pattern, true).await
+        }
+
+        async fn listen(port: u16, pattern: Vec<u8>, hold_all: bool) -> HoldingProxy {
             use tokio::io::{AsyncReadExt, AsyncWriteExt};
             let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
             let proxy_port = listener.local_addr().unwrap().port();
@@ -1957,6 +2235,8 @@ mod tests {
                                 }
                                 let keep = tail.len().saturating_sub(pattern.len());
                                 tail.drain(..keep);
+                            } else if hold_all {
+                                let _ = released.wait_for(|r| *r).await;
                             }
                             if server_write.write_all(&buf[..n]).await.is_err() {
                                 return;
@@ -2032,5 +2312,149 @@ mod tests {
             retry_until_it_runs(&node_b, "k-late", &body, Duration::from_secs(60), accepted).await;
         assert_eq!(ran.status(), StatusCode::ACCEPTED);
         assert!(!ran.headers().contains_key("idempotent-replayed"));
+    }
+
+    /// A JetStream spool on the NATS server at `url` named `node`, connected, its heartbeat written.
+    async fn node_spool(url: &str, node: &str) -> Arc<JetStreamSpool> {
+        use herald_spool::JetStreamOptions;
+        let mut options = JetStreamOptions::new(vec![url.to_owned()], "idem");
+        options.node = node.to_owned();
+        options.request_timeout = Duration::from_secs(1);
+        let spool = JetStreamSpool::connect(options).await.unwrap();
+        let _pulled = spool.take_deliveries();
+        wait_beating(&spool).await;
+        spool
+    }
+
+    /// The last sequence number of the notification stream: each notification it took moved it on by one, a copy
+    /// it dropped as a duplicate did not.
+    async fn last_sequence(url: &str) -> u64 {
+        let js = async_nats::jetstream::new(async_nats::connect(url).await.unwrap());
+        let mut stream = js.get_stream("idem").await.unwrap();
+        stream.info().await.unwrap().state.last_sequence
+    }
+
+    /// A request's handler as the routes run it on the JetStream spool: builds notifications for `tokens`
+    /// (submission fingerprints) with fresh ids from `fresh`, gives them the ids a request before it left, commits
+    /// them as one batch (`retry_ids::within`, then the spool bridge), and answers the ids they went out with.
+    /// With `cut`, the node is then cut off from NATS (a publish the node's `HoldingProxy` holds on).
+    async fn publish_and_answer(
+        spool: Arc<JetStreamSpool>,
+        fresh: Arc<crate::queue::message::IdGenerator>,
+        tokens: u8,
+        cut: Option<async_nats::Client>,
+    ) -> Result<Response, ApiError> {
+        use crate::inbound::accept::{Durable, NoRoom, Unavailable};
+        use crate::outcomes::fixtures::notification;
+        let bridge = crate::spool::SpoolBridge::shared(spool);
+        let batch: Vec<_> = (0..tokens)
+            .map(|token| {
+                let mut n = notification(fresh.next(), "idem.example", token);
+                retry_ids::assign(u64::from(token), &mut n);
+                n
+            })
+            .collect();
+        let stored = async {
+            bridge
+                .persist(&batch)
+                .await
+                .map_err(|e| NoRoom::Now(Unavailable::Spool(e)))
+        };
+        retry_ids::within(retry_ids::current(), stored)
+            .await
+            .map_err(|e| ApiError::unavailable(e.to_string()))?;
+        if let Some(client) = cut {
+            // Not flushed: the flush's ping would be held as well.
+            client
+                .publish("herald.test.cut", Bytes::new())
+                .await
+                .unwrap();
+        }
+        let ids: Vec<String> = batch.iter().map(|n| n.id.to_string()).collect();
+        Ok(json_response(StatusCode::ACCEPTED, ids.join(",")))
+    }
+
+    /// docs/scale-out.md "Idempotency keys": a node cut off from NATS after it handed a keyed request's
+    /// notifications to the stream but before it stored the answer (its heartbeat then lapses, its claim stays).
+    /// A retry through another node takes the claim over, as its node is gone, and gives the notifications the ids
+    /// the first request recorded in its claim before publishing: the answer names the same ids, and the stream
+    /// drops every copy, so nothing is delivered twice.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn a_key_taken_over_from_a_vanished_node_reuses_the_ids_it_published() {
+        use crate::queue::message::IdGenerator;
+        if !herald_testkit::nats::available() {
+            return;
+        }
+        const TOKENS: u8 = 8;
+        let dir = tempfile::tempdir().unwrap();
+        let server = herald_testkit::nats::single(dir.path());
+        let mut proxy = HoldingProxy::cut_off(server.port, b"PUB herald.test.cut".to_vec()).await;
+        let a = node_spool(&format!("nats://127.0.0.1:{}", proxy.port), "node-a").await;
+        let node_a = Arc::new(Idempotency::shared(a.clone()));
+        let node_b = Arc::new(Idempotency::shared(
+            node_spool(&server.url(), "node-b").await,
+        ));
+        let body = Bytes::from_static(b"{\"tokens\": [\"aa\"]}");
+        let accepted = || async { Ok(json_response(StatusCode::ACCEPTED, "{}".into())) };
+        // The bucket is made and opened first.
+        retry_until_it_runs(&node_a, "k-first", &body, Duration::from_secs(30), accepted).await;
+
+        let before = last_sequence(&server.url()).await;
+        let cut = Some(a.context().client());
+        let first = node_a
+            .run(
+                "push",
+                &headers("k-takeover"),
+                &body,
+                false,
+                publish_and_answer(a.clone(), Arc::new(IdGenerator::new(0xA)), TOKENS, cut),
+            )
+            .await
+            .unwrap();
+        assert!(
+            *proxy.holding.borrow_and_update(),
+            "node A was never cut off"
+        );
+        let first = axum::body::to_bytes(first.into_body(), usize::MAX)
+            .await
+            .unwrap();
+        let published = last_sequence(&server.url()).await;
+        assert_eq!(published - before, u64::from(TOKENS));
+
+        let b = node_b.clone();
+        let fresh = Arc::new(IdGenerator::new(0xB));
+        let retried = retry_until_it_runs(
+            &node_b,
+            "k-takeover",
+            &body,
+            Duration::from_secs(90),
+            || {
+                let spool = match &b.keys {
+                    Keys::Shared { spool, .. } => spool.clone(),
+                    Keys::Local { .. } => unreachable!(),
+                };
+                publish_and_answer(spool, fresh.clone(), TOKENS, None)
+            },
+        )
+        .await;
+        assert_eq!(retried.status(), StatusCode::ACCEPTED);
+        assert!(
+            !retried.headers().contains_key("idempotent-replayed"),
+            "node A's answer was stored: the test did not cut it off before"
+        );
+        let retried = axum::body::to_bytes(retried.into_body(), usize::MAX)
+            .await
+            .unwrap();
+        assert_eq!(
+            String::from_utf8_lossy(&retried),
+            String::from_utf8_lossy(&first),
+            "the retry gave the notifications new ids: what node A published would be sent again"
+        );
+        assert_eq!(
+            last_sequence(&server.url()).await,
+            published,
+            "the stream took copies of notifications it held already"
+        );
+        proxy.release.send_replace(true);
     }
 }
