@@ -2,13 +2,15 @@
 //! domain and configuration (kept for at most [`SETTINGS_CACHE_LIMIT`] domains), loading each TLS identity and provider key once and sharing one provider-token cache
 //! per key across every domain and connection that uses it (so a key's token is refreshed once, never per
 //! connection). A reload that leaves a domain's credential files as they were yields the same TLS configuration
-//! and token cache, so its connections can stay up.
+//! and token cache, so its connections can stay up. The validity dates of each client certificate are read when
+//! its identity is loaded and kept with its TLS configuration, so that the doors can refuse, reading nothing, the
+//! notifications of a domain whose certificate has expired or is not valid yet ([`SettingsResolver::admit`]).
 
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use herald_apns::binary::BinaryFormat;
 use herald_apns::client::connect::Endpoint;
@@ -19,7 +21,7 @@ use herald_conf::{
 };
 
 use crate::outbound::hosts::HostBudgets;
-use crate::outbound::settings::{DeliverySettings, RouteProtocol};
+use crate::outbound::settings::{ClientCertificate, DeliverySettings, RouteProtocol};
 use crate::queue::message::{DEFAULT_BINDING, DEFAULT_BINDING_GROUP};
 use crate::queue::retry::{MaxRetries, RetryPolicy};
 use crate::queue::{ResolveError, SettingsResolver};
@@ -128,6 +130,26 @@ pub fn load_identity(d: &DomainSettings) -> Option<(PathBuf, Result<ClientIdenti
     Some((cert.clone(), identity))
 }
 
+/// The client certificate of `identity`, loaded from `file` as `d` names it: its option, its file and its validity
+/// dates. `None` when its leaf cannot be read (the TLS configuration, or `herald check`, reports such a certificate).
+fn client_certificate(
+    d: &DomainSettings,
+    file: PathBuf,
+    identity: &ClientIdentity,
+) -> Option<ClientCertificate> {
+    let info = identity.info().ok()?;
+    Some(ClientCertificate {
+        option: if d.tls_pkcs12.is_some() {
+            "tls_pkcs12"
+        } else {
+            "tls_certificate"
+        },
+        file,
+        not_before: info.not_before,
+        not_after: info.not_after,
+    })
+}
+
 /// The topic of the domain's client certificate (its UID, the bundle id; else its first listed topic), as channel
 /// management takes it; `None` without a certificate, or when it cannot be read or names none (the TLS
 /// configuration reports an unreadable certificate).
@@ -146,7 +168,7 @@ pub struct ConfigResolver {
     /// Provider-token caches by (key file, key id, team id), with a hash of the key file they were made from: a key
     /// replaced at the same path makes a new cache at the next reload.
     keys: Mutex<HashMap<TokenKeyId, (Option<u64>, ProviderTokenCache)>>,
-    tls: Mutex<HashMap<TlsKey, Arc<rustls::ClientConfig>>>,
+    tls: Mutex<HashMap<TlsKey, TlsEntry>>,
     /// Host-wide connection budgets, kept across reloads (a reload changes their limits).
     hosts: HostBudgets,
     /// The most settings kept built ([`SETTINGS_CACHE_LIMIT`]).
@@ -158,7 +180,22 @@ pub struct ConfigResolver {
 struct ResolverState {
     config: Arc<Config>,
     generation: u64,
-    settings: HashMap<(String, String), Arc<DeliverySettings>>,
+    settings: HashMap<(String, String), Resolved>,
+}
+
+/// Settings kept built, with the client certificate their TLS configuration presents.
+#[derive(Clone)]
+struct Resolved {
+    settings: Arc<DeliverySettings>,
+    certificate: Option<ClientCertificate>,
+}
+
+/// A TLS client configuration kept, with the client certificate it presents (`None` without one), read when its
+/// identity was loaded.
+#[derive(Clone)]
+struct TlsEntry {
+    config: Arc<rustls::ClientConfig>,
+    certificate: Option<ClientCertificate>,
 }
 
 /// What a TLS client configuration is made of: the options, and the content of the files they name (so that a
@@ -298,26 +335,27 @@ impl ConfigResolver {
         Ok(Some(cache))
     }
 
-    fn tls_config(
-        &self,
-        d: &DomainSettings,
-        h2: bool,
-    ) -> Result<Arc<rustls::ClientConfig>, ResolveError> {
+    fn tls_config(&self, d: &DomainSettings, h2: bool) -> Result<TlsEntry, ResolveError> {
         self.tls_config_inner(d, h2)
             .map_err(ResolveError::Credentials)
     }
 
-    fn tls_config_inner(
-        &self,
-        d: &DomainSettings,
-        h2: bool,
-    ) -> Result<Arc<rustls::ClientConfig>, String> {
+    /// The TLS configuration of `d`'s options, made once per options and file contents; the client identity is
+    /// loaded (and its certificate's dates read) only then.
+    fn tls_config_inner(&self, d: &DomainSettings, h2: bool) -> Result<TlsEntry, String> {
         let key = TlsKey::of(d, h2);
         let mut cache = self.tls.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(c) = cache.get(&key) {
             return Ok(c.clone());
         }
-        let identity = load_identity(d).map(|(_, identity)| identity).transpose()?;
+        let (identity, certificate) = match load_identity(d) {
+            None => (None, None),
+            Some((file, identity)) => {
+                let identity = identity?;
+                let certificate = client_certificate(d, file, &identity);
+                (Some(identity), certificate)
+            }
+        };
         let roots = match (d.tls_verify, &d.tls_ca) {
             (TlsVerify::No, _) => RootSource::NoVerify,
             // The chain only: a route by IP address or through a proxy reaches a certificate for another name.
@@ -326,24 +364,30 @@ impl ConfigResolver {
             (TlsVerify::Host, None) => RootSource::System,
         };
         let config = client_config(identity.as_ref(), roots, h2).map_err(|e| e.to_string())?;
-        cache.insert(key, config.clone());
-        Ok(config)
+        let entry = TlsEntry {
+            config,
+            certificate,
+        };
+        cache.insert(key, entry.clone());
+        Ok(entry)
     }
 
     /// Builds the settings of one domain (default binding).
     pub fn build(&self, domain: &str) -> Result<DeliverySettings, ResolveError> {
         self.build_with(&self.config(), DEFAULT_BINDING, domain)
+            .map(|(settings, _)| settings)
     }
 
     /// Builds the settings of one domain delivered from `binding`: every option resolved with the full fallback
     /// (binding_group::binding::domain … global), the `host` stanza of the route's host giving the host-wide budget,
-    /// and the binding's `bind_address` as the source address.
+    /// and the binding's `bind_address` as the source address. Returns the client certificate the settings' TLS
+    /// configuration presents with them.
     fn build_with(
         &self,
         config: &Config,
         binding: &str,
         domain: &str,
-    ) -> Result<DeliverySettings, ResolveError> {
+    ) -> Result<(DeliverySettings, Option<ClientCertificate>), ResolveError> {
         if !config.has_binding(binding) {
             return Err(ResolveError::UnknownBinding(binding.to_owned()));
         }
@@ -373,7 +417,10 @@ impl ConfigResolver {
         if !h2 && d.tls_certificate.is_none() && d.tls_pkcs12.is_none() {
             return Err(ResolveError::BinaryNeedsCertificate);
         }
-        let tls = self.tls_config(&d, h2)?;
+        let TlsEntry {
+            config: tls,
+            certificate,
+        } = self.tls_config(&d, h2)?;
         let certificate_topic = match (&d.apn_topic, h2) {
             (None, true) => certificate_topic(&d).map(Arc::from),
             _ => None,
@@ -394,7 +441,7 @@ impl ConfigResolver {
             .filter(|cap| cap.limit >= 0)
             .map(|cap| self.hosts.budget(&cap.scope, &route.host, limit(cap.limit)));
         let max_connections = limit(d.max_outbound_connections);
-        Ok(DeliverySettings {
+        let settings = DeliverySettings {
             domain: Arc::from(domain),
             binding_group: Arc::from(d.binding_group.as_deref().unwrap_or(DEFAULT_BINDING_GROUP)),
             binding: Arc::from(binding),
@@ -414,7 +461,33 @@ impl ConfigResolver {
             retry,
             apn_expiry: d.apn_expiry,
             max_window: MAX_WINDOW,
-        })
+        };
+        Ok((settings, certificate))
+    }
+
+    /// Refuses new notifications with `settings` when the client certificate their TLS configuration presents is
+    /// outside its validity dates at `now`. The certificate is found with the settings kept for their (binding,
+    /// domain), else (a reload or the bound on settings kept dropped them while a door held them) with the TLS
+    /// configurations kept; settings whose TLS configuration is in neither (a reload replaced its files) are let
+    /// through, as the queue delivers with them anyway.
+    fn admit_at(&self, settings: &DeliverySettings, now: SystemTime) -> Result<(), ResolveError> {
+        let check = |c: &Option<ClientCertificate>| {
+            c.as_ref()
+                .map_or(Ok(()), |c| c.check(now).map_err(ResolveError::from))
+        };
+        {
+            let state = self.read();
+            let key = (settings.binding.to_string(), settings.domain.to_string());
+            if let Some(kept) = state.settings.get(&key)
+                && Arc::ptr_eq(&kept.settings.tls, &settings.tls)
+            {
+                return check(&kept.certificate);
+            }
+        }
+        let tls = self.tls.lock().unwrap_or_else(|p| p.into_inner());
+        tls.values()
+            .find(|e| Arc::ptr_eq(&e.config, &settings.tls))
+            .map_or(Ok(()), |e| check(&e.certificate))
     }
 }
 
@@ -437,7 +510,7 @@ impl ConfigResolver {
             return Err(not_apn(&config, DEFAULT_BINDING, domain, d.delivery_method));
         }
         let auth = self.token_cache(&d)?;
-        let tls = self.tls_config(&d, true)?;
+        let tls = self.tls_config(&d, true)?.config;
         Ok(Http2Credentials {
             settings: d,
             tls,
@@ -482,7 +555,31 @@ impl SettingsResolver for ConfigResolver {
         self.read()
             .settings
             .get(&(binding.to_owned(), domain.to_owned()))
-            .cloned()
+            .map(|kept| kept.settings.clone())
+    }
+
+    fn admit(&self, settings: &DeliverySettings, now: SystemTime) -> Result<(), ResolveError> {
+        self.admit_at(settings, now)
+    }
+
+    /// One look at the settings kept, which hold their client certificate with them.
+    fn cached_admitted(
+        &self,
+        binding: &str,
+        domain: &str,
+        now: SystemTime,
+    ) -> Option<Result<Arc<DeliverySettings>, ResolveError>> {
+        let state = self.read();
+        let kept = state
+            .settings
+            .get(&(binding.to_owned(), domain.to_owned()))?;
+        Some(match &kept.certificate {
+            Some(c) => c
+                .check(now)
+                .map(|()| kept.settings.clone())
+                .map_err(ResolveError::from),
+            None => Ok(kept.settings.clone()),
+        })
     }
 
     fn forget(&self, binding: &str, domain: &str) {
@@ -507,19 +604,24 @@ impl SettingsResolver for ConfigResolver {
         let key = (binding.to_owned(), domain.to_owned());
         let (config, generation) = {
             let state = self.read();
-            if let Some(s) = state.settings.get(&key) {
-                return Ok(s.clone());
+            if let Some(kept) = state.settings.get(&key) {
+                return Ok(kept.settings.clone());
             }
             (state.config.clone(), state.generation)
         };
-        let settings = Arc::new(self.build_with(&config, binding, domain)?);
+        let (settings, certificate) = self.build_with(&config, binding, domain)?;
+        let settings = Arc::new(settings);
         let mut state = self.state.write().unwrap_or_else(|p| p.into_inner());
         // Built under a configuration a reload has since replaced: use it once, do not keep it.
         if state.generation == generation {
             if state.settings.len() >= self.settings_limit && !state.settings.contains_key(&key) {
                 state.settings.clear();
             }
-            state.settings.insert(key, settings.clone());
+            let kept = Resolved {
+                settings: settings.clone(),
+                certificate,
+            };
+            state.settings.insert(key, kept);
         }
         Ok(settings)
     }
@@ -543,6 +645,7 @@ pub(crate) fn retry_policy(d: &DomainSettings) -> RetryPolicy {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::outbound::settings::OutsideValidity;
     use herald_sim::Pki;
 
     const TOPIC: &str = "com.example.resolver";
@@ -791,6 +894,51 @@ binding_group "g" { binding "b2" { } domain "grp.example" { delivery_method = ap
         // Another route: new connections.
         resolver.replace(config(&pki, 2196, 4));
         assert!(!after.same_connections(&resolver.resolve("cert.example").unwrap()));
+    }
+
+    /// The doors hold settings kept from before against the time of each notification: a certificate domain is
+    /// admitted within its certificate's dates and refused outside them (naming the option, the file and the
+    /// date), also once its settings are no longer kept; a domain with token authentication alone is admitted at
+    /// any time.
+    #[test]
+    fn settings_are_admitted_only_within_their_certificates_dates() {
+        let dir = tempfile::tempdir().unwrap();
+        let pki = Pki::generate(dir.path(), &[TOPIC.to_string()]).unwrap();
+        let resolver = ConfigResolver::new(config(&pki, 2195, 2));
+        let cert = resolver.resolve("cert.example").unwrap();
+        let now = SystemTime::now();
+        assert_eq!(resolver.admit(&cert, now), Ok(()));
+        // The test PKI's certificates are valid from a day ago for ten years.
+        let later = now + Duration::from_secs(11 * 365 * 24 * 3600);
+        let earlier = now - Duration::from_secs(2 * 24 * 3600);
+        let file = pki.manifest.clients[TOPIC]["universal"].cert.clone();
+        let expired = resolver.admit(&cert, later).unwrap_err();
+        assert!(
+            matches!(&expired, ResolveError::Certificate(e) if matches!(&**e, OutsideValidity::Expired { option: "tls_certificate", file: f, .. } if *f == file)),
+            "{expired:?}"
+        );
+        let text = expired.to_string();
+        assert!(
+            text.starts_with(&format!(
+                "tls_certificate {}: the client certificate expired at ",
+                file.display()
+            )) && text.contains(" UTC (notAfter)"),
+            "{text}"
+        );
+        let early = resolver.admit(&cert, earlier).unwrap_err();
+        assert!(
+            early
+                .to_string()
+                .contains("the client certificate is not valid before "),
+            "{early}"
+        );
+        // No longer kept (its queue retired): the certificate is still known by its TLS configuration.
+        resolver.forget(DEFAULT_BINDING, "cert.example");
+        assert_eq!(resolver.admit(&cert, later), Err(expired));
+
+        let token = resolver.resolve("token.example").unwrap();
+        assert_eq!(resolver.admit(&token, later), Ok(()));
+        assert_eq!(resolver.admit(&token, earlier), Ok(()));
     }
 
     /// A certificate renewed in place (same path, new content) takes effect at the next reload.

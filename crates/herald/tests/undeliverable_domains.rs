@@ -2,8 +2,9 @@
 //! configuration's own words: an APNs domain that names no credentials at all is refused as one whose key cannot
 //! be read (REST 503, SMTP 451) instead of being accepted for APNs to refuse every notification; a domain no stanza
 //! names, or one declared only inside a binding, is refused with that reason (never a delivery method's Rust name);
-//! `herald serve` names its undeliverable domains at start, as a reload does; and a reload names a removed domain
-//! only while notifications of it wait.
+//! a domain whose client certificate has expired or is not valid yet is refused as one whose credentials cannot be
+//! used, also when it expires while herald runs; `herald serve` names its undeliverable domains at start, as a
+//! reload does; and a reload names a removed domain only while notifications of it wait.
 //!
 //! The tests run herald in-process against an APNs simulator, except the one about start, which reads the
 //! standard error of `herald serve`.
@@ -14,7 +15,7 @@ use std::net::SocketAddr;
 use std::path::Path;
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use herald::server::Server;
 use herald_sim::{Pki, SimConfig, SimHandle, Simulator};
@@ -395,4 +396,284 @@ fn serve_names_the_domains_it_cannot_deliver_at_start() {
     for e in &expected {
         assert!(err.contains(e.as_str()), "{e:?} is not in:\n{err}");
     }
+}
+
+/// A client certificate for [`TOPIC`] signed by the test PKI's CA and valid from `not_before` to `not_after`, as
+/// PEM (`NAME.pem`, key `NAME-key.pem`) and PKCS#12 (`NAME.p12`, password `herald`), written under the PKI's
+/// directory by `openssl ca` (the PKI's own certificates are valid for ten years from now).
+fn dated_client(
+    pki: &Pki,
+    name: &str,
+    not_before: SystemTime,
+    not_after: SystemTime,
+) -> herald_sim::ClientFiles {
+    let dir = pki.manifest.dir.join(format!("dated-{name}"));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("index.txt"), "").unwrap();
+    std::fs::write(dir.join("serial"), "1000\n").unwrap();
+    std::fs::write(
+        dir.join("ca.cnf"),
+        format!(
+            "[ca]\ndefault_ca = dated\n[dated]\ndatabase = index.txt\nserial = serial\nnew_certs_dir = .\n\
+             certificate = {ca}\nprivate_key = {ca_key}\ndefault_md = sha256\npolicy = any\npreserve = yes\n\
+             unique_subject = no\nx509_extensions = client\n[any]\nuserId = optional\ncommonName = optional\n\
+             [client]\nbasicConstraints = CA:FALSE\nkeyUsage = digitalSignature\nextendedKeyUsage = clientAuth\n",
+            ca = pki.manifest.ca_cert.display(),
+            ca_key = pki.manifest.ca_key.display(),
+        ),
+    )
+    .unwrap();
+    let files = herald_sim::ClientFiles {
+        cert: dir.join(format!("{name}.pem")),
+        key: dir.join(format!("{name}-key.pem")),
+        p12: dir.join(format!("{name}.p12")),
+    };
+    let csr = dir.join(format!("{name}.csr"));
+    let subject = format!("/UID={TOPIC}/CN=Apple Push Services: {TOPIC}");
+    let (start, end) = (asn1_time(not_before), asn1_time(not_after));
+    let key = files.key.to_str().unwrap();
+    let (cert, p12) = (files.cert.to_str().unwrap(), files.p12.to_str().unwrap());
+    let csr = csr.to_str().unwrap();
+    openssl(
+        &dir,
+        &[
+            "req",
+            "-new",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-keyout",
+            key,
+            "-out",
+            csr,
+            "-subj",
+            &subject,
+        ],
+    );
+    openssl(
+        &dir,
+        &[
+            "ca",
+            "-batch",
+            "-config",
+            "ca.cnf",
+            "-notext",
+            "-in",
+            csr,
+            "-out",
+            cert,
+            "-startdate",
+            &start,
+            "-enddate",
+            &end,
+        ],
+    );
+    openssl(
+        &dir,
+        &[
+            "pkcs12",
+            "-export",
+            "-in",
+            cert,
+            "-inkey",
+            key,
+            "-out",
+            p12,
+            "-passout",
+            "pass:herald",
+        ],
+    );
+    files
+}
+
+/// `t` as `openssl ca` takes a date: `YYYYMMDDHHMMSSZ`.
+fn asn1_time(t: SystemTime) -> String {
+    let digits: String = herald_apns::identity::format_utc(t)
+        .chars()
+        .filter(char::is_ascii_digit)
+        .collect();
+    format!("{digits}Z")
+}
+
+fn openssl(dir: &Path, args: &[&str]) {
+    let out = std::process::Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .unwrap_or_else(|e| panic!("this test needs the `openssl` command: {e}"));
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// The validity dates of the certificate in `files`, as herald words them in its refusals.
+fn validity_words(files: &herald_sim::ClientFiles) -> (String, String) {
+    let info = herald_apns::identity::ClientIdentity::from_pem_files(&files.cert, Some(&files.key))
+        .unwrap()
+        .info()
+        .unwrap();
+    (
+        herald_apns::identity::format_utc(info.not_before),
+        herald_apns::identity::format_utc(info.not_after),
+    )
+}
+
+/// The lines of a domain that authenticates to the simulator at `port` with the client certificate `identity`
+/// (`tls_certificate` with its key, or `tls_pkcs12`).
+fn dated_domain(pki: &Pki, port: u16, identity: &str) -> String {
+    format!(
+        "  delivery_method = apn\n  routes = ( \"https://127.0.0.1:{port}\" )\n  tls_verify = ca\n  \
+         tls_ca = \"{ca}\"\n  apn_topic = \"{TOPIC}\"\n{identity}",
+        ca = pki.manifest.ca_cert.display()
+    )
+}
+
+const DAY: Duration = Duration::from_secs(24 * 3600);
+
+/// A domain whose client certificate has expired, or is not valid yet, is refused at the door as one whose
+/// credentials cannot be used (REST 503, SMTP 451 4.3.5), with the certificate file and the date that rules it
+/// out in UTC, instead of being accepted for every TLS handshake to fail until the notifications expire; a domain
+/// with token authentication is accepted as before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_domain_whose_certificate_is_out_of_its_dates_is_refused_at_the_door() {
+    let now = SystemTime::now();
+    let mut files = None;
+    let rig = rig(|pki, port| {
+        let expired = dated_client(pki, "expired", now - 30 * DAY, now - DAY);
+        let future = dated_client(pki, "future", now + DAY, now + 30 * DAY);
+        let text = format!(
+            "domain \"expired.example\" {{\n{}}}\ndomain \"future.example\" {{\n{}}}\n\
+             domain \"token.example\" {{\n{}}}\n",
+            dated_domain(
+                pki,
+                port,
+                &format!(
+                    "  tls_certificate = \"{}\"\n  tls_key = \"{}\"\n",
+                    expired.cert.display(),
+                    expired.key.display()
+                )
+            ),
+            dated_domain(
+                pki,
+                port,
+                &format!(
+                    "  tls_pkcs12 = \"{}\"\n  tls_pkcs12_password = \"herald\"\n",
+                    future.p12.display()
+                )
+            ),
+            token_auth_options(pki, port, TOPIC),
+        );
+        files = Some((expired, future));
+        text
+    })
+    .await;
+    let (expired, future) = files.unwrap();
+    let (_, expired_at) = validity_words(&expired);
+    let (valid_from, _) = validity_words(&future);
+
+    let (status, body) = rig.push("expired.example", None, 1).await;
+    assert_eq!(status, 503, "{body}");
+    let expected = format!(
+        "domain \"expired.example\" cannot take push notifications: tls_certificate {}: the client certificate \
+         expired at {expired_at} (notAfter)",
+        expired.cert.display()
+    );
+    assert!(error_text(&body).contains(&expected), "{body}");
+
+    let (status, body) = rig.push("future.example", None, 2).await;
+    assert_eq!(status, 503, "{body}");
+    let expected = format!(
+        "domain \"future.example\" cannot take push notifications: tls_pkcs12 {}: the client certificate is not \
+         valid before {valid_from} (notBefore)",
+        future.p12.display()
+    );
+    assert!(error_text(&body).contains(&expected), "{body}");
+
+    let mut c = rig.smtp().await;
+    let rcpt = format!("{}@expired.example", token(3));
+    let (code, text) = c.cmd(&format!("RCPT TO:<{rcpt}>")).await;
+    assert_eq!(code, 451, "{text}");
+    assert!(
+        text.starts_with(&format!(
+            "4.3.5 <{rcpt}>: domain \"expired.example\" cannot take push notifications: tls_certificate {}: the \
+             client certificate expired at {expired_at}",
+            expired.cert.display()
+        )),
+        "{text}"
+    );
+
+    let (status, body) = rig.push("token.example", None, 4).await;
+    assert_eq!(status, 202, "{body}");
+    assert_eq!(rig.sim.wait_for_records(1, WAIT).await, 1);
+    // Nothing of the refused domains reached APNs.
+    assert_eq!(rig.sim.counters().accepted(), 1);
+}
+
+/// A certificate that expires while herald runs: its domain is accepted while the certificate is valid, and
+/// refused at the door from the moment it expires, although its settings were built (and kept) before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_certificate_that_expires_while_herald_runs_is_refused_from_then_on() {
+    let now = SystemTime::now();
+    let mut files = None;
+    let rig = rig(|pki, port| {
+        let brief = dated_client(pki, "brief", now - DAY, now + Duration::from_secs(8));
+        let text = format!(
+            "domain \"brief.example\" {{\n{}}}\n",
+            dated_domain(
+                pki,
+                port,
+                &format!(
+                    "  tls_certificate = \"{}\"\n  tls_key = \"{}\"\n",
+                    brief.cert.display(),
+                    brief.key.display()
+                )
+            )
+        );
+        files = Some(brief);
+        text
+    })
+    .await;
+    let brief = files.unwrap();
+    let (_, expires_at) = validity_words(&brief);
+
+    let (status, body) = rig.push("brief.example", None, 1).await;
+    assert_eq!(
+        status, 202,
+        "accepted while the certificate is valid: {body}"
+    );
+
+    let deadline = Instant::now() + WAIT;
+    let mut i = 2;
+    let body = loop {
+        let (status, body) = rig.push("brief.example", None, i).await;
+        if status == 503 {
+            break body;
+        }
+        assert_eq!(status, 202, "{body}");
+        assert!(
+            Instant::now() < deadline,
+            "still accepted after {WAIT:?}: {body}"
+        );
+        i += 1;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(
+        SystemTime::now() >= now + Duration::from_secs(7),
+        "refused before the certificate expired: {body}"
+    );
+    let expected = format!(
+        "domain \"brief.example\" cannot take push notifications: tls_certificate {}: the client certificate \
+         expired at {expires_at} (notAfter)",
+        brief.cert.display()
+    );
+    assert!(error_text(&body).contains(&expected), "{body}");
+
+    let mut c = rig.smtp().await;
+    let rcpt = format!("{}@brief.example", token(1000));
+    let (code, text) = c.cmd(&format!("RCPT TO:<{rcpt}>")).await;
+    assert_eq!(code, 451, "{text}");
 }

@@ -359,12 +359,14 @@ pub enum DomainRefusal {
 impl DomainRefusal {
     /// Whether the refusal lasts only until the operator fixes herald's side: the domain is configured for APNs,
     /// but its credentials ([`ResolveError::Credentials`]: `apn_key`, `tls_certificate`, … cannot be read or
-    /// used) make its settings fail now. Senders are told to retry rather than to drop the notifications.
+    /// used) make its settings fail now, or its client certificate is outside its validity dates
+    /// ([`ResolveError::Certificate`]: it must be renewed). Senders are told to retry rather than to drop the
+    /// notifications.
     pub fn is_temporary(&self) -> bool {
         matches!(
             self,
             DomainRefusal::NotPush {
-                reason: ResolveError::Credentials(_),
+                reason: ResolveError::Credentials(_) | ResolveError::Certificate(_),
                 ..
             }
         )
@@ -637,14 +639,21 @@ impl Intake {
             return Err(DomainRefusal::Missing);
         }
         let binding = binding.unwrap_or(DEFAULT_BINDING);
-        if let Some(settings) = self.resolver.cached(binding, &domain) {
-            return Ok(settings);
-        }
-        // Building settings may read credential files and sign a token: listeners [`warm`](Self::warm) the cache
-        // off the async threads first, so this runs only for what a reload dropped since (or in tests and tools
-        // that call the checks directly).
-        crate::queue::in_place(|| self.resolver.resolve_binding(binding, &domain))
-            .map_err(|reason| DomainRefusal::NotPush { domain, reason })
+        // Settings kept from before may no longer do for new notifications (a client certificate expired since):
+        // asked at every submission.
+        let now = std::time::SystemTime::now();
+        let settings = match self.resolver.cached_admitted(binding, &domain, now) {
+            Some(admitted) => admitted,
+            // Building settings may read credential files and sign a token: listeners [`warm`](Self::warm) the
+            // cache off the async threads first, so this runs only for what a reload dropped since (or in tests
+            // and tools that call the checks directly).
+            None => crate::queue::in_place(|| self.resolver.resolve_binding(binding, &domain))
+                .and_then(|s| {
+                    self.resolver.admit(&s, now)?;
+                    Ok(s)
+                }),
+        };
+        settings.map_err(|reason| DomainRefusal::NotPush { domain, reason })
     }
 
     /// Refuses a payload larger than APNs takes for any push type, with the text [`prepare`](Self::prepare) refuses

@@ -1,10 +1,13 @@
-//! The delivery settings of one (binding, domain): where its notifications go, how, and how hard to retry.
+//! The delivery settings of one (binding, domain): where its notifications go, how, and how hard to retry; and the
+//! client certificate a domain authenticates with, whose validity dates the doors hold each notification against.
 
+use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use herald_apns::binary::BinaryFormat;
 use herald_apns::client::connect::Endpoint;
+use herald_apns::identity::format_utc;
 use herald_apns::provider_token::ProviderTokenCache;
 
 use super::hosts::HostBudget;
@@ -16,6 +19,67 @@ use crate::model::retry::RetryPolicy;
 pub enum RouteProtocol {
     Http2,
     Binary(BinaryFormat),
+}
+
+/// The client certificate a TLS configuration presents (certificate authentication): the option and file it comes
+/// from, and its validity window, read once when the identity is loaded. APNs refuses the TLS handshake of a
+/// certificate outside its window, so a notification for it could never be delivered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientCertificate {
+    /// `tls_certificate` or `tls_pkcs12`: the option that names the file.
+    pub option: &'static str,
+    pub file: PathBuf,
+    pub not_before: SystemTime,
+    pub not_after: SystemTime,
+}
+
+/// Why a client certificate cannot be used at a given time: it has expired, or is not valid yet.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum OutsideValidity {
+    #[error(
+        "{option} {}: the client certificate expired at {} (notAfter); APNs refuses every connection made with \
+         it: renew it, then reload",
+        file.display(),
+        format_utc(*not_after)
+    )]
+    Expired {
+        option: &'static str,
+        file: PathBuf,
+        not_after: SystemTime,
+    },
+    #[error(
+        "{option} {}: the client certificate is not valid before {} (notBefore); APNs refuses every connection \
+         made with it until then",
+        file.display(),
+        format_utc(*not_before)
+    )]
+    NotYetValid {
+        option: &'static str,
+        file: PathBuf,
+        not_before: SystemTime,
+    },
+}
+
+impl ClientCertificate {
+    /// Whether the certificate is valid at `now` (both ends of the window included, as X.509 has it). Cheap: two
+    /// comparisons, for the doors to ask at every notification.
+    pub fn check(&self, now: SystemTime) -> Result<(), OutsideValidity> {
+        if now > self.not_after {
+            return Err(OutsideValidity::Expired {
+                option: self.option,
+                file: self.file.clone(),
+                not_after: self.not_after,
+            });
+        }
+        if now < self.not_before {
+            return Err(OutsideValidity::NotYetValid {
+                option: self.option,
+                file: self.file.clone(),
+                not_before: self.not_before,
+            });
+        }
+        Ok(())
+    }
 }
 
 /// Everything the queue and the pool need to deliver one domain's notifications.

@@ -35,7 +35,7 @@ use herald_apns::token_hex::DeviceToken;
 use tokio::sync::{Semaphore, mpsc};
 
 use crate::logs::Logs;
-use crate::outbound::settings::DeliverySettings;
+use crate::outbound::settings::{DeliverySettings, OutsideValidity};
 use crate::outcomes::OutcomeListener;
 use domain::{DomainEvent, DomainSender, DomainTask, Epoch};
 pub use domain::{MessageAction, QueueEntry};
@@ -97,6 +97,17 @@ pub enum ResolveError {
     /// The credentials the domain names cannot be used (the text names the option and the file).
     #[error("{0}")]
     Credentials(String),
+    /// The client certificate the domain authenticates with is outside its validity dates now: APNs would refuse
+    /// every connection made with it. Only the doors refuse with it ([`SettingsResolver::admit`]). Boxed: the
+    /// file and dates would make every refusal carrying a `ResolveError` large.
+    #[error(transparent)]
+    Certificate(Box<OutsideValidity>),
+}
+
+impl From<OutsideValidity> for ResolveError {
+    fn from(e: OutsideValidity) -> ResolveError {
+        ResolveError::Certificate(Box::new(e))
+    }
 }
 
 /// `binding "b1"`, or `bindings "b1", "b2"`: the bindings [`ResolveError::OnlyInBindings`] names.
@@ -126,6 +137,32 @@ pub trait SettingsResolver: Send + Sync + 'static {
     /// Drops what was kept to answer [`cached`](SettingsResolver::cached) for (binding, domain): its queue
     /// retired, and the settings are built again if it starts again.
     fn forget(&self, _binding: &str, _domain: &str) {}
+
+    /// Whether new notifications may be accepted at `now` with `settings`, which [`cached`] or [`resolve_binding`]
+    /// gave: refused when what the settings were built with no longer holds at `now` (the client certificate they
+    /// authenticate with has expired since, or is not valid yet), however long ago they were built and kept. The
+    /// doors ask it for every submission, so it reads nothing; the queues do not (notifications already accepted
+    /// keep their handling). Accepts by default.
+    ///
+    /// [`cached`]: SettingsResolver::cached
+    /// [`resolve_binding`]: SettingsResolver::resolve_binding
+    fn admit(&self, _settings: &DeliverySettings, _now: SystemTime) -> Result<(), ResolveError> {
+        Ok(())
+    }
+
+    /// [`cached`](SettingsResolver::cached) settings of (binding, domain) with their [`admit`] verdict at `now`:
+    /// what a door asks for every submission, in one look where the resolver keeps both together.
+    ///
+    /// [`admit`]: SettingsResolver::admit
+    fn cached_admitted(
+        &self,
+        binding: &str,
+        domain: &str,
+        now: SystemTime,
+    ) -> Option<Result<Arc<DeliverySettings>, ResolveError>> {
+        self.cached(binding, domain)
+            .map(|s| self.admit(&s, now).map(|()| s))
+    }
 
     /// Every binding notifications may name (`default` first).
     fn bindings(&self) -> Vec<String> {
