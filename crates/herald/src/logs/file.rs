@@ -68,16 +68,25 @@ pub enum LogFileError {
         waited: Duration,
         dropped: u64,
     },
-    /// At shutdown the file did not take its lines within `waited`: they are dropped (and counted).
+    /// At shutdown the file did not take its lines within `waited` (its write did not return, or kept failing):
+    /// they are dropped (and counted), the end of a line it took only the beginning of included.
     #[error(
-        "log file {path} took no writes within {:.1} s: {lines} line(s) dropped",
-        .waited.as_secs_f64()
+        "log file {path} took no writes within {:.1} s: {lines} line(s) dropped{}",
+        .waited.as_secs_f64(),
+        last_error_note(.last_error.as_ref())
     )]
     Abandoned {
         path: PathBuf,
         waited: Duration,
         lines: u64,
+        /// Why its last write failed, when one failed (none for a write that did not return).
+        last_error: Option<std::io::Error>,
     },
+}
+
+/// The end of [`LogFileError::Abandoned`]'s text: the failure of the file's last write, when it failed.
+fn last_error_note(error: Option<&std::io::Error>) -> String {
+    error.map_or_else(String::new, |e| format!(" (its last write failed: {e})"))
 }
 
 /// Whether `path` could be opened for appending, as [`LogFile::open`] would (creating it and its missing
@@ -214,6 +223,8 @@ struct State {
 #[cfg(test)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Warned {
+    /// The file, when opened, ended in a partial line: new lines start on the next one.
+    PartialLine,
     Dropping,
     TakesWritesAgain,
     /// Not a warning: the note that a file slower than its lines caught up with them.
@@ -250,7 +261,10 @@ impl LogFile {
 
     fn open_sized(path: &Path, mode: u32, fill: usize, cap: usize) -> Result<Self, LogFileError> {
         open_append(path, mode)
-            .and_then(|file| Self::start(path, mode, Box::new(file), fill, cap))
+            .and_then(|file| {
+                let partial = ends_in_partial_line(&file, path);
+                Self::start_with(path, mode, Box::new(file), fill, cap, STALL, partial)
+            })
             .map_err(|source| LogFileError::Open {
                 path: path.to_owned(),
                 source,
@@ -279,19 +293,12 @@ impl LogFile {
         cap: usize,
         stall: Duration,
     ) -> Self {
-        Self::start_with(path, mode, sink, fill, cap, stall).expect("starting a log writer thread")
+        Self::start_with(path, mode, sink, fill, cap, stall, false)
+            .expect("starting a log writer thread")
     }
 
-    fn start(
-        path: &Path,
-        mode: u32,
-        sink: Box<dyn Write + Send>,
-        fill: usize,
-        cap: usize,
-    ) -> std::io::Result<Self> {
-        Self::start_with(path, mode, sink, fill, cap, STALL)
-    }
-
+    /// Starts the writer thread of a file writing to `sink`; `partial` when the file ends in a partial line (see
+    /// [`ends_in_partial_line`]): it is said, and the first line written starts on a line of its own.
     fn start_with(
         path: &Path,
         mode: u32,
@@ -299,6 +306,7 @@ impl LogFile {
         fill: usize,
         cap: usize,
         stall: Duration,
+        partial: bool,
     ) -> std::io::Result<Self> {
         let shared = Arc::new(Shared {
             path: path.to_owned(),
@@ -329,11 +337,15 @@ impl LogFile {
             done: Condvar::new(),
             dropped: AtomicU64::new(0),
         });
+        if partial {
+            shared.note_partial_line(&mut shared.lock());
+        }
         let writer = Writer {
             shared: shared.clone(),
             sink,
             back: Vec::with_capacity(fill),
             torn: false,
+            after_partial_line: partial,
             taken: 0,
         };
         std::thread::Builder::new()
@@ -406,10 +418,13 @@ impl LogFile {
         st.flush_asked
     }
 
-    /// Whether flush `asked` is done (or the file was given up).
-    fn flushed(&self, asked: u64) -> bool {
+    /// Whether flush `asked` is done and left nothing unwritten: its writes went through, or it held nothing
+    /// (or the file was given up). A file whose write failed is not settled while lines wait for it: its writer
+    /// tries again every 200 ms.
+    fn settled(&self, asked: u64) -> bool {
         let st = self.shared.lock();
-        st.flush_done >= asked || st.abandoned
+        let nothing_held = st.front.is_empty() && st.held == 0;
+        st.abandoned || (st.flush_done >= asked && (st.error.is_none() || nothing_held))
     }
 
     /// Waits until flush `asked` is done, or `deadline`.
@@ -500,6 +515,19 @@ impl LogFile {
         }
     }
 
+    /// Gives the file up after `waited` at shutdown ([`LogFile::abandon`]), saying how many lines that dropped and
+    /// why its last write failed, if it did.
+    fn give_up(&self, waited: Duration) -> LogFileError {
+        let last_error = self.shared.lock().error.as_ref().map(copy_error);
+        let lines = self.abandon();
+        LogFileError::Abandoned {
+            path: self.shared.path.clone(),
+            waited,
+            lines,
+            last_error,
+        }
+    }
+
     /// Gives the file up (the flush at shutdown ran out of time): the lines it holds are dropped and counted, and so
     /// are later ones; its writer thread ends when its write returns. Returns the lines dropped here.
     fn abandon(&self) -> u64 {
@@ -539,27 +567,23 @@ impl Drop for LogFile {
 }
 
 /// Has every file write out what it holds, and waits (without blocking the runtime) until they did or `limit`
-/// passed: the files that did not take their lines by then (a write that does not return) are given up, their
-/// lines dropped and counted ([`LogFileError::Abandoned`]). For the flush at shutdown, with [`SHUTDOWN_WAIT`].
-/// Returns the errors of the files that could not be written.
+/// passed: the files that did not take their lines by then (a write that does not return, or that keeps failing:
+/// a full disk, tried again every 200 ms meanwhile) are given up, their lines dropped and counted, the end of a
+/// torn line included ([`LogFileError::Abandoned`]). For the flush at shutdown, with [`SHUTDOWN_WAIT`]. Returns the
+/// errors of the files that could not be written.
 pub async fn flush_all_within(files: &[&LogFile], limit: Duration) -> Vec<LogFileError> {
     let started = Instant::now();
     let asked: Vec<u64> = files.iter().map(|f| f.ask_flush()).collect();
-    while !files.iter().zip(&asked).all(|(f, &a)| f.flushed(a)) && started.elapsed() < limit {
+    while !files.iter().zip(&asked).all(|(f, &a)| f.settled(a)) && started.elapsed() < limit {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     let mut errors = Vec::new();
     for (f, &a) in files.iter().zip(&asked) {
-        if f.flushed(a) {
+        if f.settled(a) {
             // Done: its result (at once).
             errors.extend(f.wait_flushed(a, Instant::now()).err());
         } else {
-            let lines = f.abandon();
-            errors.push(LogFileError::Abandoned {
-                path: f.shared.path.clone(),
-                waited: started.elapsed(),
-                lines,
-            });
+            errors.push(f.give_up(started.elapsed()));
         }
     }
     errors
@@ -605,6 +629,18 @@ impl Shared {
         }
     }
 
+    /// Says that the file, as opened, ends in a partial line (a write cut short, by an earlier herald or by this
+    /// one before a reopen dropped the line's end): it is left as it is, and the next line starts on a line of its own.
+    fn note_partial_line(&self, _st: &mut State) {
+        tracing::warn!(
+            "log file {} ended in a partial line (a write cut short earlier); it is left as is and new lines start on \
+             the next line",
+            self.path.display()
+        );
+        #[cfg(test)]
+        _st.warned.push(Warned::PartialLine);
+    }
+
     fn drop_lines(&self, st: &mut State, n: u64) {
         st.dropped_now += n;
         self.dropped.fetch_add(n, Ordering::Relaxed);
@@ -637,6 +673,9 @@ struct Writer {
     /// with the end of a line whose beginning the file took.
     back: Vec<u8>,
     torn: bool,
+    /// The file ends in a partial line this writer will not finish (left by an earlier herald, or by this one when a
+    /// reopen dropped its end): a newline goes before the next line, so that it does not run into that one.
+    after_partial_line: bool,
     /// Lines the file took since it was opened.
     taken: u64,
 }
@@ -779,6 +818,12 @@ impl Writer {
             self.shared.drop_lines(&mut st, 1);
         }
         drop(st);
+        // Looked at only now (and not under the lock): when the path still names the old file (reopened with no
+        // rotation), it ends in the beginning of the line just dropped.
+        self.after_partial_line = ends_in_partial_line(&file, &self.shared.path);
+        if self.after_partial_line {
+            self.shared.note_partial_line(&mut self.shared.lock());
+        }
         self.sink = Box::new(file);
         let carried = self.write_out();
         let mut st = self.shared.lock();
@@ -804,8 +849,10 @@ impl Writer {
             None => {
                 st.error = None;
                 if st.outage {
-                    // Given up at shutdown: its lines were counted as dropped, and nothing more is said about it.
-                    if st.dropped_now > 0 && !st.abandoned {
+                    // Said after every outage, whether it dropped lines or not: the errors reported while it lasted
+                    // (or a write that took longer than STALL) get their end. Given up at shutdown: its lines were
+                    // counted as dropped, and nothing more is said about it.
+                    if !st.abandoned {
                         tracing::warn!(
                             "log file {} takes writes again; {} line(s) were dropped meanwhile",
                             self.shared.path.display(),
@@ -851,7 +898,13 @@ impl Writer {
         let mut written = 0;
         let mut result = Ok(());
         let mut blocked = false;
-        while written < self.back.len() {
+        if self.after_partial_line && !self.back.is_empty() {
+            let started = Instant::now();
+            // Nothing of `back` goes out before the newline did.
+            result = self.break_partial_line();
+            blocked |= started.elapsed() >= self.shared.stall;
+        }
+        while result.is_ok() && written < self.back.len() {
             let started = Instant::now();
             let wrote = self.sink.write(&self.back[written..]);
             blocked |= started.elapsed() >= self.shared.stall;
@@ -882,6 +935,22 @@ impl Writer {
         }
         result.and_then(|_| self.sink.flush())
     }
+
+    /// Writes the newline that ends a partial line the file was found with, so that the next line starts on a
+    /// line of its own; the torn line stays as it is, visibly torn.
+    fn break_partial_line(&mut self) -> std::io::Result<()> {
+        loop {
+            match self.sink.write(b"\n") {
+                Ok(0) => return Err(ErrorKind::WriteZero.into()),
+                Ok(_) => {
+                    self.after_partial_line = false;
+                    return Ok(());
+                }
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+    }
 }
 
 /// Opens `path` for appending, creating it with `mode` and its missing parent directories.
@@ -899,6 +968,37 @@ fn open_append(path: &Path, mode: u32) -> std::io::Result<File> {
     #[cfg(not(unix))]
     let _ = mode;
     options.open(path)
+}
+
+/// Whether `file`, just opened at `path` for appending, ends in a partial line: a regular file, not empty, whose last
+/// byte is no newline (a write cut short by a full disk, in a herald that then stopped, or before a reopen dropped
+/// the line's end). What cannot be told (a FIFO, a file that cannot be read, a path that names another file by now)
+/// counts as not.
+fn ends_in_partial_line(file: &File, path: &Path) -> bool {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::{FileExt, MetadataExt};
+        let Ok(opened) = file.metadata() else {
+            return false;
+        };
+        if !opened.is_file() || opened.len() == 0 {
+            return false;
+        }
+        // The file was opened for appending only: it is read through the path, if that still names it.
+        let Ok(reader) = File::open(path) else {
+            return false;
+        };
+        let same = reader
+            .metadata()
+            .is_ok_and(|m| m.dev() == opened.dev() && m.ino() == opened.ino());
+        let mut last = [0u8];
+        same && reader.read_exact_at(&mut last, opened.len() - 1).is_ok() && last[0] != b'\n'
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = (file, path);
+        false
+    }
 }
 
 /// Appends `field` to `line`, escaping what would break the `@`-delimited layout: `@`, `\`, and control
@@ -1575,5 +1675,248 @@ mod tests {
         // Each line counted once, and neither carried to the new file.
         assert_eq!(log.dropped_lines(), 2);
         assert_eq!(std::fs::read_to_string(&path).unwrap(), "");
+    }
+}
+
+/// Full disks and torn lines: a file found ending in a partial line, the flush at shutdown of a file that refuses
+/// writes, and the end of an outage that dropped nothing.
+#[cfg(test)]
+mod disk_trouble_tests {
+    use super::*;
+
+    /// A real file on a disk with `room` bytes left: it takes what fits (a short write), then refuses with ENOSPC.
+    struct NearlyFull {
+        file: File,
+        room: usize,
+    }
+
+    impl Write for NearlyFull {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            let n = buf.len().min(self.room);
+            if n == 0 {
+                return Err(std::io::Error::from_raw_os_error(libc::ENOSPC));
+            }
+            self.room -= n;
+            self.file.write(&buf[..n])
+        }
+
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// A file that refuses its first `refusals` writes with ENOSPC, then takes everything.
+    #[derive(Clone, Default)]
+    struct RefusesFirst {
+        refusals: Arc<AtomicU64>,
+        data: Arc<Mutex<Vec<u8>>>,
+    }
+
+    impl RefusesFirst {
+        fn new(refusals: u64) -> Self {
+            let file = RefusesFirst::default();
+            file.refusals.store(refusals, Ordering::Relaxed);
+            file
+        }
+
+        fn text(&self) -> String {
+            String::from_utf8(self.data.lock().unwrap().clone()).unwrap()
+        }
+    }
+
+    impl Write for RefusesFirst {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            let refuse = self
+                .refusals
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
+                .is_ok();
+            if refuse {
+                return Err(std::io::Error::from_raw_os_error(libc::ENOSPC));
+            }
+            self.data.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    fn warned(log: &LogFile) -> Vec<Warned> {
+        log.shared.lock().warned.clone()
+    }
+
+    fn runtime() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .unwrap()
+    }
+
+    /// A herald stopped while its disk was full left the file ending in part of a line; the next herald appended
+    /// its first line to that part (`…@00/00-8679` then `1796687024@00/…`, one line). Now it says so and starts on
+    /// the next line, leaving the torn line as it is.
+    #[test]
+    fn a_file_found_ending_in_a_partial_line_gets_new_lines_on_the_next_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("mainlog.ec");
+        std::fs::write(&path, "1796687000@00/00-1111@whole\n1796687001@00/00-8679").unwrap();
+        let log = LogFile::open(&path, 0o644).unwrap();
+        log.write_line("1796687024@00/00-2222@next");
+        log.flush().unwrap();
+        assert_eq!(
+            std::fs::read_to_string(&path).unwrap(),
+            "1796687000@00/00-1111@whole\n1796687001@00/00-8679\n1796687024@00/00-2222@next\n"
+        );
+        assert_eq!(warned(&log), [Warned::PartialLine]);
+
+        // A file ending in a whole line, or empty, gets nothing before its next line.
+        for (name, before) in [("whole.ec", "a whole line\n"), ("empty.ec", "")] {
+            let path = dir.path().join(name);
+            std::fs::write(&path, before).unwrap();
+            let log = LogFile::open(&path, 0o644).unwrap();
+            log.write_line("next");
+            log.flush().unwrap();
+            assert_eq!(
+                std::fs::read_to_string(&path).unwrap(),
+                format!("{before}next\n")
+            );
+            assert_eq!(warned(&log), []);
+        }
+    }
+
+    /// A file whose disk refuses even the newline that ends the partial line it was found with: no line goes
+    /// before that newline, and it is written first once the disk takes writes.
+    #[test]
+    fn the_newline_after_a_partial_line_waits_for_the_disk_like_the_lines() {
+        let file = RefusesFirst::new(1);
+        let log = LogFile::start_with(
+            Path::new("apnlog.ec"),
+            0o644,
+            Box::new(file.clone()),
+            1024,
+            1024,
+            STALL,
+            true,
+        )
+        .unwrap();
+        log.write_line("next");
+        assert!(log.flush().is_err());
+        assert_eq!(file.text(), "");
+        log.flush().unwrap();
+        assert_eq!(file.text(), "\nnext\n");
+    }
+
+    /// `reopen logs` with no rotation (the path still names the file) after the disk took only the beginning of a
+    /// line: the reopen drops that line's end, and the lines after it used to run into its beginning in the same
+    /// file (`firstsecond line`). They now start on the next line.
+    #[test]
+    fn a_reopen_of_the_same_file_after_a_torn_write_starts_on_a_new_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("mainlog.ec");
+        let file = NearlyFull {
+            file: open_append(&path, 0o644).unwrap(),
+            room: 5,
+        };
+        let log = LogFile::with_sink(&path, 0o644, Box::new(file), 1024, 1024);
+        log.write_line("first line");
+        log.write_line("second line");
+        assert!(log.flush().is_err());
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "first");
+        assert!(log.reopen().is_err(), "the old file's error is reported");
+        log.write_line("third line");
+        log.flush().unwrap();
+        assert_eq!(
+            std::fs::read_to_string(&path).unwrap(),
+            "first\nsecond line\nthird line\n"
+        );
+        assert_eq!(log.dropped_lines(), 1);
+        assert!(
+            warned(&log).contains(&Warned::PartialLine),
+            "{:?}",
+            warned(&log)
+        );
+    }
+
+    /// The flush at shutdown on a full disk: the lines it could not write (the end of the torn one included) used to
+    /// be thrown away uncounted, reported as `0 line(s) dropped since it last took a write`. They are now counted
+    /// and reported as dropped, with the disk's error.
+    #[test]
+    fn the_flush_at_shutdown_counts_the_lines_a_full_disk_did_not_take() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("mainlog.ec");
+        let file = NearlyFull {
+            file: open_append(&path, 0o644).unwrap(),
+            room: 5,
+        };
+        let log = LogFile::with_sink(&path, 0o644, Box::new(file), 1024, 1024);
+        for line in ["first line", "second line", "third line"] {
+            log.write_line(line);
+        }
+        let errors = runtime().block_on(flush_all_within(&[&log], Duration::from_millis(300)));
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        match &errors[0] {
+            LogFileError::Abandoned {
+                lines, last_error, ..
+            } => {
+                assert_eq!(*lines, 3);
+                assert_eq!(
+                    last_error.as_ref().and_then(|e| e.raw_os_error()),
+                    Some(libc::ENOSPC)
+                );
+            }
+            other => panic!("not given up: {other}"),
+        }
+        let text = errors[0].to_string();
+        assert!(
+            text.contains("mainlog.ec took no writes within")
+                && text.contains(": 3 line(s) dropped (its last write failed: "),
+            "{text}"
+        );
+        assert_eq!(log.dropped_lines(), 3);
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "first");
+    }
+
+    /// A disk that has room again within the shutdown's wait takes the lines: the flush at shutdown waits for a
+    /// refused file (tried again every 200 ms) as it does for a blocked one, instead of giving up at the first
+    /// refusal.
+    #[test]
+    fn the_flush_at_shutdown_waits_for_a_refused_file_to_take_its_lines() {
+        let file = RefusesFirst::new(1);
+        let log = LogFile::with_sink(
+            Path::new("retried.log"),
+            0o644,
+            Box::new(file.clone()),
+            1024,
+            1024,
+        );
+        log.write_line("kept");
+        let errors = runtime().block_on(flush_all_within(&[&log], Duration::from_secs(10)));
+        assert!(errors.is_empty(), "{errors:?}");
+        assert_eq!(file.text(), "kept\n");
+        assert_eq!(log.dropped_lines(), 0);
+    }
+
+    /// An outage that dropped nothing (the disk refused a write, the line waited in memory, then went out) ends with
+    /// `takes writes again` too, as it does when lines were dropped; it used to end silently after the errors.
+    #[test]
+    fn an_outage_that_dropped_nothing_still_says_it_ended() {
+        let file = RefusesFirst::new(1);
+        let log = LogFile::with_sink(
+            Path::new("brief.log"),
+            0o644,
+            Box::new(file.clone()),
+            1024,
+            1024,
+        );
+        log.write_line("waited");
+        match log.flush() {
+            Err(LogFileError::Write { dropped, .. }) => assert_eq!(dropped, 0),
+            other => panic!("the write was not refused: {other:?}"),
+        }
+        log.flush().unwrap();
+        assert_eq!(file.text(), "waited\n");
+        assert_eq!(log.dropped_lines(), 0);
+        assert_eq!(warned(&log), [Warned::TakesWritesAgain]);
     }
 }
