@@ -183,6 +183,97 @@ fn nats_error(context: &'static str, e: impl std::fmt::Display) -> SpoolError {
     }
 }
 
+/// As [`nats_error`], for an error of the NATS client, said as [`nats_failure_text`] says it.
+fn nats_request_error(context: &'static str, e: &(dyn std::error::Error + 'static)) -> SpoolError {
+    nats_error(context, nats_failure_text(e))
+}
+
+/// What a NATS request that failed for the moment says of the stream or bucket it was for, where the client's own
+/// words mislead ([`nats_failure_text`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unanswered {
+    /// A publish that no server took (the client's "no stream found for given subject"): the stream has no leader
+    /// (its servers are electing one, after a partition or a lost server), or is not there yet.
+    NoLeader,
+    /// A read (a direct get, a request to the JetStream API) that no server took: the bucket or stream is not
+    /// available yet (being created on a fresh cluster, or its leader being elected).
+    NotAvailable,
+    /// JetStream answered that its cluster cannot handle the request now (error 10008, temporarily unavailable, or
+    /// 10009, not the leader): a leader election under way.
+    Electing,
+}
+
+/// Error codes of the JetStream API that say the cluster cannot answer for now, as after a partition.
+const ELECTING_CODES: [u64; 2] = [
+    jetstream::ErrorCode::CLUSTER_NOT_AVAILABLE.0,
+    jetstream::ErrorCode::CLUSTER_NOT_LEADER.0,
+];
+
+impl Unanswered {
+    /// What `e` (or an error it stems from) says, when it is one of these.
+    pub fn of(e: &(dyn std::error::Error + 'static)) -> Option<Unanswered> {
+        let chain = std::iter::successors(Some(e), |e| e.source());
+        for cause in chain {
+            if let Some(publish) = cause.downcast_ref::<jetstream::context::PublishError>()
+                && publish.kind() == jetstream::context::PublishErrorKind::StreamNotFound
+            {
+                return Some(Unanswered::NoLeader);
+            }
+            if let Some(get) = cause.downcast_ref::<jetstream::stream::DirectGetError>()
+                && let jetstream::stream::DirectGetErrorKind::ErrorResponse(status, _) = get.kind()
+                && status == async_nats::StatusCode::NO_RESPONDERS
+            {
+                return Some(Unanswered::NotAvailable);
+            }
+            if let Some(request) = cause.downcast_ref::<async_nats::RequestError>()
+                && request.kind() == async_nats::RequestErrorKind::NoResponders
+            {
+                return Some(Unanswered::NotAvailable);
+            }
+            if let Some(api) = cause.downcast_ref::<jetstream::Error>()
+                && ELECTING_CODES.contains(&api.error_code().0)
+            {
+                return Some(Unanswered::Electing);
+            }
+        }
+        // Errors whose kind holds the API's answer (not a cause) show its code in their text.
+        let text = e.to_string();
+        ELECTING_CODES
+            .iter()
+            .any(|code| text.contains(&format!("error code {code})")))
+            .then_some(Unanswered::Electing)
+    }
+
+    /// What to tell a sender and an operator.
+    pub fn explain(self) -> &'static str {
+        match self {
+            Unanswered::NoLeader => {
+                "no NATS server took the publish (no responders): the stream has no leader now (the NATS cluster is \
+                 electing one) or is not available yet; retry later"
+            }
+            Unanswered::NotAvailable => {
+                "no NATS server answered for the bucket or stream (no responders): it is not available yet (being \
+                 created, or its leader being elected); retry later"
+            }
+            Unanswered::Electing => {
+                "the stream has no leader now (the NATS cluster is electing one); retry later"
+            }
+        }
+    }
+}
+
+/// The text of a failed NATS request: the client's own, but for the failures [`Unanswered`] knows, which are said
+/// for what they mean (the stream without a leader, the bucket not available yet) rather than as the client says
+/// them ("no stream found for given subject" for a stream that exists but has no leader); the JetStream API's own
+/// answer is kept after the explanation.
+pub fn nats_failure_text(e: &(dyn std::error::Error + 'static)) -> String {
+    match Unanswered::of(e) {
+        Some(Unanswered::Electing) => format!("{} ({e})", Unanswered::Electing.explain()),
+        Some(other) => other.explain().to_owned(),
+        None => e.to_string(),
+    }
+}
+
 /// Figures of the stream and its consumer, refreshed in the background.
 #[derive(Debug, Default)]
 struct StreamFigures {
@@ -340,9 +431,10 @@ impl JetStreamSpool {
             .connection_timeout(options.connect_timeout)
             .request_timeout(Some(options.request_timeout))
             // The client's own pings (two unanswered, and the third ends the connection) go out only after this
-            // long without a command, so they find a hung server in about 30 s on a connection too blocked to take
-            // commands; a busy one is watched by the liveness probe (`crate::liveness`) instead.
-            .ping_interval(Duration::from_secs(10))
+            // long without a command, so they end a connection too blocked to take commands (the probe's request
+            // to reconnect included) within three of them; a working one is watched by the liveness probe
+            // (`crate::liveness`) instead.
+            .ping_interval(crate::liveness::CLIENT_PING_INTERVAL)
             .max_reconnects(None::<usize>);
         let connect_failure = ConnectFailure::default();
         connect = connect.event_callback({
@@ -507,7 +599,7 @@ impl JetStreamSpool {
             .ctx
             .get_stream(&self.options.stream)
             .await
-            .map_err(|e| nats_error("opening the stream", e))?;
+            .map_err(|e| nats_request_error("opening the stream", &e))?;
         let name = self.options.consumer.as_str();
         let consumer: consumer::PullConsumer = match stream.consumer_info(name).await {
             Ok(info) => match reconcile_consumer(&info.config, &self.options, &self.subject) {
@@ -522,16 +614,16 @@ impl JetStreamSpool {
                 Ok(None) => {
                     let config =
                         consumer::pull::Config::try_from_consumer_config(info.config.clone())
-                            .map_err(|e| nats_error("reading the consumer", e))?;
+                            .map_err(|e| nats_request_error("reading the consumer", &*e))?;
                     consumer::PullConsumer::new(config, info, self.ctx.clone())
                 }
                 Ok(Some((wanted, changes))) => {
                     let config = consumer::pull::Config::try_from_consumer_config(wanted)
-                        .map_err(|e| nats_error("updating the consumer", e))?;
+                        .map_err(|e| nats_request_error("updating the consumer", &*e))?;
                     let updated = stream
                         .update_consumer(config)
                         .await
-                        .map_err(|e| nats_error("updating the consumer", e))?;
+                        .map_err(|e| nats_request_error("updating the consumer", &e))?;
                     tracing::info!(
                         stream = %self.options.stream,
                         consumer = %name,
@@ -550,7 +642,7 @@ impl JetStreamSpool {
                 let created = stream
                     .create_consumer(wanted_consumer(&self.options, &self.subject))
                     .await
-                    .map_err(|e| nats_error("creating the consumer", e))?;
+                    .map_err(|e| nats_request_error("creating the consumer", &e))?;
                 tracing::info!(
                     stream = %self.options.stream,
                     consumer = %name,
@@ -558,7 +650,7 @@ impl JetStreamSpool {
                 );
                 created
             }
-            Err(e) => return Err(nats_error("reading the consumer", e)),
+            Err(e) => return Err(nats_request_error("reading the consumer", &e)),
         };
         self.consumer_ack_wait_ms.store(
             duration_ms(consumer.cached_info().config.ack_wait),
@@ -584,7 +676,7 @@ impl JetStreamSpool {
         ));
         tokio::spawn(keep_alive(Arc::downgrade(self)));
         tokio::spawn(refresh_figures(Arc::downgrade(self), stream));
-        tokio::spawn(heartbeat(Arc::downgrade(self)));
+        tokio::spawn(heartbeat(Arc::downgrade(self), nodes::BEAT_EVERY));
     }
 
     /// NATS was not reachable at start: tries again every second until the stream and consumer are set up.
@@ -722,7 +814,7 @@ impl JetStreamSpool {
                         ),
                     )
                 })?
-                .map_err(|e| nats_error("publishing", e))?;
+                .map_err(|e| nats_request_error("publishing", &e))?;
                 // Every publish goes out before the first ack is awaited: one round trip for the part.
                 let mut acks = Vec::with_capacity(part.len());
                 for s in part {
@@ -732,13 +824,13 @@ impl JetStreamSpool {
                     let ack = ctx
                         .send_publish(subject.clone(), publish)
                         .await
-                        .map_err(|e| nats_error("publishing", e))?;
+                        .map_err(|e| nats_request_error("publishing", &e))?;
                     acks.push(ack);
                 }
                 for r in join_all(acks.into_iter().map(|a| a.into_future())).await {
                     // A duplicate is a copy of a message the stream took within its duplicate window (a retry of a
                     // request refused part-way): it is stored.
-                    if r.map_err(|e| nats_error("waiting for the publish ack", e))?
+                    if r.map_err(|e| nats_request_error("waiting for the publish ack", &e))?
                         .duplicate
                     {
                         duplicates.fetch_add(1, Ordering::Relaxed);
@@ -2029,7 +2121,7 @@ async fn ensure_stream(
             let info = existing
                 .info()
                 .await
-                .map_err(|e| nats_error("reading the stream", e))?;
+                .map_err(|e| nats_request_error("reading the stream", &e))?;
             check_compatible(&info.config, options, subject)
         }
         Err(e)
@@ -2052,7 +2144,7 @@ async fn ensure_stream(
             };
             ctx.create_stream(config)
                 .await
-                .map_err(|e| nats_error("creating the stream", e))?;
+                .map_err(|e| nats_request_error("creating the stream", &e))?;
             tracing::info!(
                 stream = %options.stream,
                 replicas = options.replicas,
@@ -2060,7 +2152,7 @@ async fn ensure_stream(
             );
             Ok(())
         }
-        Err(e) => Err(nats_error("looking up the stream", e)),
+        Err(e) => Err(nats_request_error("looking up the stream", &e)),
     }
 }
 
@@ -3205,95 +3297,285 @@ async fn keep_alive(spool: std::sync::Weak<JetStreamSpool>) {
     }
 }
 
-/// Writes this node's heartbeat and reads every node's, every [`nodes::BEAT_EVERY`].
+/// How long after its last stored heartbeat a node warns that its heartbeat is not being stored: half of the time
+/// after which it stops claiming Idempotency-Keys ([`beat_fresh`], half of [`nodes::BEAT_MAX_AGE`]), so that the
+/// warning comes before that does.
+pub const BEAT_OVERDUE: Duration =
+    Duration::from_millis(nodes::BEAT_MAX_AGE.as_millis() as u64 / 4);
+
+/// Why a heartbeat was not stored.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+enum BeatFailure {
+    /// NATS did not answer the write in time (a leader being elected, a server cut off): the last heartbeat stored
+    /// still stands until it ages, and the write is tried again at the next beat.
+    #[error("no answer: {0}")]
+    Unanswered(String),
+    /// NATS refused the write (the bucket lost, no server answering for it): the last heartbeat may be gone with the
+    /// bucket, so the node counts as not beating, and the bucket is opened (or created) again in the background.
+    #[error("{0}")]
+    Refused(String),
+}
+
+impl BeatFailure {
+    /// A failed put into the bucket `bucket`, sorted by whether NATS answered.
+    fn of_put(bucket: &str, e: &async_nats::jetstream::kv::PutError) -> BeatFailure {
+        let text = format!("writing to {bucket}: {}", nats_failure_text(e));
+        let timed_out = std::iter::successors(Some(e as &(dyn std::error::Error + 'static)), |e| {
+            e.source()
+        })
+        .any(|cause| {
+            cause
+                .downcast_ref::<jetstream::context::PublishError>()
+                .is_some_and(|p| p.kind() == jetstream::context::PublishErrorKind::TimedOut)
+        });
+        if timed_out {
+            BeatFailure::Unanswered(text)
+        } else {
+            BeatFailure::Refused(text)
+        }
+    }
+}
+
+/// The heartbeat bucket as the heartbeat loop uses it ([`heartbeat`]).
+trait BeatBucket: Clone + Send + Sync + 'static {
+    /// Writes `beat` under its node's name.
+    fn write_beat(
+        &self,
+        beat: &NodeBeat,
+    ) -> futures_util::future::BoxFuture<'_, Result<(), BeatFailure>>;
+    /// Every node's heartbeat ([`nodes::read_beats`]).
+    fn read_all(&self) -> futures_util::future::BoxFuture<'_, Result<Vec<NodeBeat>, String>>;
+}
+
+impl BeatBucket for async_nats::jetstream::kv::Store {
+    fn write_beat(
+        &self,
+        beat: &NodeBeat,
+    ) -> futures_util::future::BoxFuture<'_, Result<(), BeatFailure>> {
+        let (key, value) = (beat.node.clone(), beat.encode());
+        Box::pin(async move {
+            self.put(&key, value.into())
+                .await
+                .map(|_| ())
+                .map_err(|e| BeatFailure::of_put(&self.name, &e))
+        })
+    }
+
+    fn read_all(&self) -> futures_util::future::BoxFuture<'_, Result<Vec<NodeBeat>, String>> {
+        Box::pin(nodes::read_beats(self))
+    }
+}
+
+/// The node whose heartbeat the loop writes ([`heartbeat`]): the spool, or a test's stand-in.
+trait BeatNode: Send + Sync + 'static {
+    type Bucket: BeatBucket;
+    /// The node stops: the loop ends.
+    fn stopping(&self) -> bool;
+    /// The heartbeat to write now.
+    fn beat(&self) -> NodeBeat;
+    /// Opens the bucket, creating it when missing; run in a task of its own.
+    fn open_bucket(&self)
+    -> futures_util::future::BoxFuture<'static, Result<Self::Bucket, String>>;
+    /// The bucket was opened.
+    fn opened(&self, bucket: &Self::Bucket);
+    /// When the last heartbeat stored was sent; `None` once one was refused.
+    fn set_stored(&self, sent: Option<tokio::time::Instant>);
+    fn stored(&self) -> Option<tokio::time::Instant>;
+    /// The heartbeats read.
+    fn saw(&self, beats: Vec<NodeBeat>);
+}
+
+impl BeatNode for JetStreamSpool {
+    type Bucket = async_nats::jetstream::kv::Store;
+
+    fn stopping(&self) -> bool {
+        self.closed.load(Ordering::Relaxed)
+    }
+
+    fn beat(&self) -> NodeBeat {
+        NodeBeat {
+            node: self.options.node.clone(),
+            started_ms: self.started_ms,
+            seen_ms: nodes::unix_ms(),
+            held: self.held(),
+            pulled: self.pulled.load(Ordering::Relaxed),
+            lookups: self.serves_lookups.load(Ordering::Relaxed),
+        }
+    }
+
+    fn open_bucket(
+        &self,
+    ) -> futures_util::future::BoxFuture<'static, Result<Self::Bucket, String>> {
+        let (ctx, stream, replicas) = (
+            self.ctx.clone(),
+            self.options.stream.clone(),
+            self.options.replicas,
+        );
+        Box::pin(async move { nodes::open_bucket(&ctx, &stream, replicas).await })
+    }
+
+    fn opened(&self, bucket: &Self::Bucket) {
+        *lock(&self.beats) = Some(bucket.clone());
+    }
+
+    fn set_stored(&self, sent: Option<tokio::time::Instant>) {
+        *lock(&self.last_beat) = sent.map(tokio::time::Instant::into_std);
+    }
+
+    fn stored(&self) -> Option<tokio::time::Instant> {
+        lock(&self.last_beat).map(tokio::time::Instant::from_std)
+    }
+
+    fn saw(&self, beats: Vec<NodeBeat>) {
+        lock(&self.figures.view).nodes = beats;
+    }
+}
+
+/// What one beat did, for the loop's warnings.
+enum Beat {
+    Stored,
+    Failed(BeatFailure),
+    /// The bucket is not open yet (the attempt to open it is under way, or failed with this).
+    NoBucket(Option<String>),
+}
+
+/// Writes this node's heartbeat and reads every node's, `every` ([`nodes::BEAT_EVERY`]).
 ///
-/// A heartbeat that cannot be written (the bucket was lost: a memory-stored bucket on a single NATS server that
-/// restarted, a whole cluster restarted; or NATS is unreachable) makes the node open the bucket again, creating it
-/// when it is missing, and try again at once. Meanwhile [`JetStreamSpool::beating`] is false (this node claims no
-/// idempotency key: the other nodes cannot see it live) and a warning says so, once a minute at most. A write that
-/// takes long to answer makes it false too, half of [`nodes::BEAT_MAX_AGE`] after the last one written.
-async fn heartbeat(spool: std::sync::Weak<JetStreamSpool>) {
-    let mut store: Option<async_nats::jetstream::kv::Store> = None;
+/// Each beat is bounded, so that one begins every [`nodes::BEAT_EVERY`] whatever NATS does: the write waits for
+/// NATS's answer for [`nodes::BEAT_EVERY`] at most (during a leader election NATS answers none: the next beat tries
+/// again), and the read of the heartbeats for what is left of that time. A write NATS refuses (the bucket was lost:
+/// a memory-stored bucket on a single NATS server that restarted, a whole cluster restarted) makes the node open
+/// the bucket again, creating it when it is missing, in a task of its own (it may wait for NATS as long as
+/// `request_timeout`), while the beats go on through the bucket as it was opened; they are stored again once the
+/// bucket is back. Meanwhile [`JetStreamSpool::beating`] is false (this node claims no idempotency key: the other
+/// nodes cannot see it live) and a warning says so, once a minute at most. A write NATS does not answer leaves the
+/// last stored heartbeat standing: [`JetStreamSpool::beating`] turns false half of [`nodes::BEAT_MAX_AGE`] after it
+/// was sent, and a warning says, from [`BEAT_OVERDUE`] on, how long none was stored.
+async fn heartbeat<N: BeatNode>(node: std::sync::Weak<N>, every: Duration) {
+    let mut bucket: Option<N::Bucket> = None;
+    let mut opening: Option<tokio::task::JoinHandle<Result<N::Bucket, String>>> = None;
     let mut reported = Reported::default();
+    let mut next = tokio::time::Instant::now();
     loop {
-        let Some(me) = spool.upgrade() else {
+        tokio::time::sleep_until(next).await;
+        let Some(me) = node.upgrade() else {
             return;
         };
-        if me.closed.load(Ordering::Relaxed) {
+        if me.stopping() {
             return;
         }
-        let mut failure = None;
-        for attempt in 0..2 {
-            if store.is_none() {
-                match nodes::open_bucket(&me.ctx, &me.options.stream, me.options.replicas).await {
-                    Ok(s) => {
-                        *lock(&me.beats) = Some(s.clone());
-                        store = Some(s);
-                    }
-                    Err(e) => {
-                        failure = Some(e);
-                        break;
-                    }
-                }
-            }
-            let Some(bucket) = &store else { break };
-            let sent = Instant::now();
-            let now = nodes::unix_ms();
-            let beat = NodeBeat {
-                node: me.options.node.clone(),
-                started_ms: me.started_ms,
-                seen_ms: now,
-                held: me.held(),
-                pulled: me.pulled.load(Ordering::Relaxed),
-                lookups: me.serves_lookups.load(Ordering::Relaxed),
+        let started = tokio::time::Instant::now();
+        next = started + every;
+        // Without a bucket (at start, or the last attempt failed) the beat waits for the attempt to open it, within
+        // its own time; with one, an attempt under way is taken once it ended.
+        if bucket.is_none() && opening.is_none() {
+            opening = Some(tokio::spawn(me.open_bucket()));
+        }
+        let mut open_failure = None;
+        if let Some(task) = opening.as_mut() {
+            let ended = match &bucket {
+                None => tokio::time::timeout_at(next, task).await.ok(),
+                Some(_) if task.is_finished() => Some(task.await),
+                Some(_) => None,
             };
-            match bucket.put(&beat.node, beat.encode().into()).await {
-                Ok(_) => {
-                    *lock(&me.last_beat) = Some(sent);
-                    failure = None;
-                    break;
-                }
-                Err(e) => {
-                    failure = Some(format!(
-                        "writing to {}: {e}",
-                        nodes::bucket_name(&me.options.stream)
-                    ));
-                    // The bucket may be gone: opened (or created) again, and the beat written again at once.
-                    store = None;
-                    if attempt == 0 {
-                        tracing::debug!("node heartbeat: {e}; opening the bucket again");
+            if let Some(ended) = ended {
+                opening = None;
+                match ended {
+                    Ok(Ok(opened)) => {
+                        me.opened(&opened);
+                        bucket = Some(opened);
+                    }
+                    Ok(Err(e)) => open_failure = Some(e),
+                    Err(e) => {
+                        open_failure = Some(format!("the attempt to open the bucket stopped: {e}"))
                     }
                 }
             }
         }
-        match failure {
-            None => {
-                if reported.clear() {
-                    tracing::info!(
-                        "node heartbeat written again: the other nodes see this one live"
-                    );
-                }
-            }
-            Some(e) => {
-                *lock(&me.last_beat) = None;
-                // Once a minute, whatever the error says this time.
-                if reported.due("heartbeat") {
-                    tracing::warn!(
-                        "node heartbeat not written ({e}): the other nodes do not see this one live, and it \
-                         claims no Idempotency-Key until it is; retrying every {:?}",
-                        nodes::BEAT_EVERY
-                    );
-                }
-            }
+        let beat = match &bucket {
+            None => Beat::NoBucket(open_failure),
+            Some(bucket) => beat_once(&*me, bucket, next).await,
+        };
+        if matches!(
+            beat,
+            Beat::NoBucket(_) | Beat::Failed(BeatFailure::Refused(_))
+        ) && opening.is_none()
+        {
+            opening = Some(tokio::spawn(me.open_bucket()));
         }
-        if let Some(bucket) = &store {
-            match nodes::read_beats(bucket).await {
-                Ok(beats) => lock(&me.figures.view).nodes = beats,
-                Err(e) => tracing::debug!("reading the node heartbeats: {e}"),
-            }
-        }
+        report_beat(&*me, &beat, every, &mut reported);
         drop(me);
-        tokio::time::sleep(nodes::BEAT_EVERY).await;
+    }
+}
+
+/// One beat through `bucket`: the write, then the read of every node's heartbeat, both done by `until`.
+async fn beat_once<N: BeatNode>(me: &N, bucket: &N::Bucket, until: tokio::time::Instant) -> Beat {
+    let sent = tokio::time::Instant::now();
+    let written = tokio::time::timeout_at(until, bucket.write_beat(&me.beat())).await;
+    let beat = match written {
+        Ok(Ok(())) => {
+            me.set_stored(Some(sent));
+            Beat::Stored
+        }
+        Ok(Err(failure)) => Beat::Failed(failure),
+        Err(_) => Beat::Failed(BeatFailure::Unanswered(format!(
+            "writing the heartbeat: no answer within {:?}",
+            until.saturating_duration_since(sent)
+        ))),
+    };
+    if let Beat::Failed(BeatFailure::Refused(_)) = beat {
+        me.set_stored(None);
+    }
+    match tokio::time::timeout_at(until, bucket.read_all()).await {
+        Ok(Ok(beats)) => me.saw(beats),
+        Ok(Err(e)) => tracing::debug!("reading the node heartbeats: {e}"),
+        Err(_) => tracing::debug!("reading the node heartbeats: no answer in time"),
+    }
+    beat
+}
+
+/// Says what the beat found: a warning once a minute at most while the heartbeat is refused, not stored for
+/// [`BEAT_OVERDUE`] or more, or its bucket not open; a line once it is stored again after that.
+fn report_beat<N: BeatNode>(me: &N, beat: &Beat, every: Duration, reported: &mut Reported) {
+    let why = match beat {
+        Beat::Stored => {
+            if reported.clear() {
+                tracing::info!("node heartbeat written again: the other nodes see this one live");
+            }
+            return;
+        }
+        Beat::Failed(failure) => failure.to_string(),
+        Beat::NoBucket(Some(e)) => e.clone(),
+        Beat::NoBucket(None) => {
+            format!("opening the heartbeat bucket: no answer within {:?}", every)
+        }
+    };
+    let unseen = matches!(
+        beat,
+        Beat::NoBucket(_) | Beat::Failed(BeatFailure::Refused(_))
+    );
+    if unseen {
+        // Once a minute, whatever the error says this time.
+        if reported.due("heartbeat") {
+            tracing::warn!(
+                "node heartbeat not written ({why}): the other nodes do not see this one live, and it claims no \
+                 Idempotency-Key until it is; retrying every {:?}",
+                every
+            );
+        }
+        return;
+    }
+    let Some(stored) = me.stored() else { return };
+    let age = stored.elapsed();
+    if age >= BEAT_OVERDUE && reported.due("heartbeat overdue") {
+        tracing::warn!(
+            "node heartbeat not stored for {:.1} s ({why}): this node claims no Idempotency-Key once that reaches \
+             {:?}, and the other nodes take it for gone at {:?}; retrying every {:?}",
+            age.as_secs_f64(),
+            nodes::BEAT_MAX_AGE / 2,
+            nodes::BEAT_MAX_AGE,
+            every
+        );
     }
 }
 
@@ -3579,7 +3861,7 @@ impl Spool for JetStreamSpool {
         let limit = self.options.request_timeout;
         Box::pin(async move {
             match tokio::time::timeout(limit, client.flush()).await {
-                Ok(done) => done.map_err(|e| nats_error("flushing", e)),
+                Ok(done) => done.map_err(|e| nats_request_error("flushing", &e)),
                 Err(_) => Err(nats_error(
                     "flushing",
                     format!("no answer within {limit:?}"),
@@ -3650,7 +3932,10 @@ impl Spool for JetStreamSpool {
                 if let Some(store) = beats {
                     let _ = store.delete(&node).await;
                 }
-                client.flush().await.map_err(|e| nats_error("flushing", e))
+                client
+                    .flush()
+                    .await
+                    .map_err(|e| nats_request_error("flushing", &e))
             };
             match tokio::time::timeout(limit, give_back).await {
                 Ok(done) => done,
@@ -4144,6 +4429,183 @@ pub(crate) mod tests {
         assert!(beat_fresh(Some(sent), sent + nodes::BEAT_MAX_AGE / 3));
         assert!(!beat_fresh(Some(sent), sent + nodes::BEAT_MAX_AGE / 2));
         assert!(!beat_fresh(Some(sent), sent + nodes::BEAT_MAX_AGE));
+    }
+
+    /// How a stand-in heartbeat bucket answers writes.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    enum Writes {
+        Stored,
+        /// Never answered, as NATS during a leader election.
+        Unanswered,
+        /// Refused at once, as when the bucket is lost.
+        Refused,
+    }
+
+    /// A heartbeat bucket whose writes answer as told, and a node on it whose attempts to open the bucket after the
+    /// first are never answered (NATS electing a leader).
+    struct StandInNode {
+        writes: Arc<Mutex<Writes>>,
+        attempts: Arc<AtomicU64>,
+        opens: AtomicU64,
+        stored: Mutex<Option<tokio::time::Instant>>,
+    }
+
+    #[derive(Clone)]
+    struct StandInBucket {
+        writes: Arc<Mutex<Writes>>,
+        attempts: Arc<AtomicU64>,
+    }
+
+    impl BeatBucket for StandInBucket {
+        fn write_beat(
+            &self,
+            _beat: &NodeBeat,
+        ) -> futures_util::future::BoxFuture<'_, Result<(), BeatFailure>> {
+            self.attempts.fetch_add(1, Ordering::Relaxed);
+            let writes = *lock(&self.writes);
+            Box::pin(async move {
+                match writes {
+                    Writes::Stored => Ok(()),
+                    Writes::Unanswered => std::future::pending().await,
+                    Writes::Refused => Err(BeatFailure::Refused("no responders".into())),
+                }
+            })
+        }
+
+        fn read_all(&self) -> futures_util::future::BoxFuture<'_, Result<Vec<NodeBeat>, String>> {
+            Box::pin(async { Ok(Vec::new()) })
+        }
+    }
+
+    impl BeatNode for StandInNode {
+        type Bucket = StandInBucket;
+
+        fn stopping(&self) -> bool {
+            false
+        }
+
+        fn beat(&self) -> NodeBeat {
+            NodeBeat {
+                node: "stand-in".into(),
+                started_ms: 0,
+                seen_ms: 0,
+                held: 0,
+                pulled: 0,
+                lookups: false,
+            }
+        }
+
+        fn open_bucket(
+            &self,
+        ) -> futures_util::future::BoxFuture<'static, Result<StandInBucket, String>> {
+            let bucket = StandInBucket {
+                writes: self.writes.clone(),
+                attempts: self.attempts.clone(),
+            };
+            let first = self.opens.fetch_add(1, Ordering::Relaxed) == 0;
+            Box::pin(async move {
+                if !first {
+                    std::future::pending::<()>().await;
+                }
+                Ok(bucket)
+            })
+        }
+
+        fn opened(&self, _bucket: &StandInBucket) {}
+
+        fn set_stored(&self, sent: Option<tokio::time::Instant>) {
+            *lock(&self.stored) = sent;
+        }
+
+        fn stored(&self) -> Option<tokio::time::Instant> {
+            *lock(&self.stored)
+        }
+
+        fn saw(&self, _beats: Vec<NodeBeat>) {}
+    }
+
+    /// A stand-in node beating every 20 ms, its first heartbeat stored.
+    async fn beating_stand_in() -> Arc<StandInNode> {
+        let node = Arc::new(StandInNode {
+            writes: Arc::new(Mutex::new(Writes::Stored)),
+            attempts: Arc::new(AtomicU64::new(0)),
+            opens: AtomicU64::new(0),
+            stored: Mutex::new(None),
+        });
+        tokio::spawn(heartbeat(Arc::downgrade(&node), Duration::from_millis(20)));
+        wait_for(
+            "the first heartbeat stored",
+            Duration::from_secs(20),
+            async || node.stored().is_some(),
+        )
+        .await;
+        node
+    }
+
+    /// Heartbeats NATS does not answer (a leader election after a partition) do not hold up the next ones: a beat
+    /// is tried again at every period while the earlier ones are still unanswered, the last one stored still counts
+    /// meanwhile, and the first one answered afterwards is stored.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_unanswered_heartbeat_does_not_hold_up_the_next_ones() {
+        let node = beating_stand_in().await;
+        *lock(&node.writes) = Writes::Unanswered;
+        let before = node.attempts.load(Ordering::Relaxed);
+        let stored = node.stored();
+        wait_for(
+            "beats tried again while unanswered",
+            Duration::from_secs(20),
+            async || node.attempts.load(Ordering::Relaxed) >= before + 4,
+        )
+        .await;
+        assert_eq!(
+            node.stored(),
+            stored,
+            "an unanswered beat keeps the last one stored"
+        );
+        *lock(&node.writes) = Writes::Stored;
+        wait_for("a beat stored again", Duration::from_secs(20), async || {
+            node.stored() > stored
+        })
+        .await;
+    }
+
+    /// Heartbeats NATS refuses (the bucket lost) make the node open the bucket again in the background: while that
+    /// waits for NATS, the beats go on through the bucket as it was, and are stored once NATS takes them.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn reopening_the_heartbeat_bucket_does_not_hold_up_the_beats() {
+        let node = beating_stand_in().await;
+        *lock(&node.writes) = Writes::Refused;
+        wait_for(
+            "the node not beating",
+            Duration::from_secs(20),
+            async || node.stored().is_none(),
+        )
+        .await;
+        let before = node.attempts.load(Ordering::Relaxed);
+        wait_for(
+            "beats tried again while the bucket is reopened",
+            Duration::from_secs(20),
+            async || node.attempts.load(Ordering::Relaxed) >= before + 4,
+        )
+        .await;
+        assert_eq!(
+            node.opens.load(Ordering::Relaxed),
+            2,
+            "one attempt to open the bucket again, under way"
+        );
+        *lock(&node.writes) = Writes::Stored;
+        wait_for("a beat stored again", Duration::from_secs(20), async || {
+            node.stored().is_some()
+        })
+        .await;
+    }
+
+    /// The warning that the heartbeat is not being stored comes at half of the time after which the node stops
+    /// claiming keys.
+    #[test]
+    fn the_heartbeat_is_overdue_at_half_of_its_standing() {
+        assert_eq!(BEAT_OVERDUE * 2, nodes::BEAT_MAX_AGE / 2);
+        assert!(BEAT_OVERDUE > nodes::BEAT_EVERY);
     }
 
     /// Final acks sent again quickly (tests), for the consumer's `ack_wait` (no minimum).

@@ -1,23 +1,27 @@
 //! A liveness probe of the NATS connection of a [`crate::JetStreamSpool`], so that a NATS server that hangs (a
 //! stopped process, a network path that drops everything without a reset) does not cut its node off.
 //!
-//! The NATS client pings the server only after its `ping_interval` (10 s, set by
+//! The NATS client pings the server only after its `ping_interval` ([`CLIENT_PING_INTERVAL`], set by
 //! [`crate::JetStreamSpool::connect`]) without any command: every publish, ack or request it sends resets that
-//! timer, so a busy node never pings, and a hung server, which closes nothing, is never noticed: the node's requests time out one after the other for as long as the server hangs,
-//! though the other servers of the cluster answer. The probe makes a round trip through the server the node is
-//! connected to every [`PROBE_EVERY`]: it publishes a small message to an inbox subject of its own
-//! (`_INBOX.<unique>`, which the node may publish and subscribe to anyway: docs/scale-out.md) and waits
+//! timer, so a busy node never pings, and a hung server, which closes nothing, is never noticed: the node's requests
+//! time out one after the other for as long as the server hangs, though the other servers of the cluster answer.
+//! The probe makes a round trip through the server the node is connected to every [`PROBE_EVERY`]: it publishes a
+//! small message to an inbox subject of its own (`_INBOX.<unique>`, which the node may publish and subscribe to
+//! anyway: docs/scale-out.md) and waits
 //! [`PROBE_TIMEOUT`] for it to come back. That goes through that one server only: neither a JetStream leader
 //! election nor another server of the cluster is needed for the answer. Any echo received counts, a late one of an
 //! earlier probe too: the server answered, however slowly.
 //!
 //! Once the probes have failed for [`silence_limit`] (the node's `request_timeout`, the longest herald waits for a
 //! JetStream answer before refusing a sender, plus [`SILENCE_MARGIN`]) and at least [`MIN_FAILED_PROBES`] times in
-//! a row ([`should_reconnect`]), the probe says so in a warning naming the server and makes the client reconnect,
+//! a row ([`should_reconnect`]), the probe says so in a warning naming the server, reports the node not ready
+//! ([`JetStreamHealth`], until a probe is answered again: the client itself still takes the connection as open) and
+//! makes the client reconnect,
 //! to another server of the cluster (it picks at random; should it pick the hung server again, whose port still
 //! takes the connection, herald's build of async-nats gives up waiting for that server's greeting after the
 //! connection timeout, `spool_nats_timeout`, and tries the next: vendor/async-nats/HERALD-PATCH.md). It goes on
-//! probing the new connection. While the
+//! probing the new connection. A client stuck writing to the silent server takes no request to reconnect; its own
+//! pings end that connection ([`CLIENT_PING_INTERVAL`]). While the
 //! client is not connected (it is reconnecting by itself), nothing is counted. It stops with the spool.
 //!
 //! A server cut off from the rest of its cluster (a network partition that leaves it in the minority) still
@@ -50,6 +54,14 @@ pub const SILENCE_MARGIN: Duration = Duration::from_secs(5);
 /// Failed probes in a row needed before the client is made to reconnect, however long they span: a single slow
 /// probe (a pause of the node's own process) is not enough.
 pub const MIN_FAILED_PROBES: u32 = 3;
+
+/// The NATS client's own ping interval ([`crate::JetStreamSpool::connect`]). The client pings only after this long
+/// without taking a command or reading anything from the server, and ends the connection at the third unanswered
+/// ping. A connection that carries the probes never gets there while it works; one stuck writing to a silent server
+/// (its buffers full, so it takes no command: not even the probe's request to reconnect) ends within three of them,
+/// about when the probe would leave it ([`silence_limit`]), rather than the half minute the client's default of ten
+/// seconds would take.
+pub const CLIENT_PING_INTERVAL: Duration = PROBE_EVERY;
 
 /// How long the probes may fail before the client is made to reconnect: `request_timeout` plus [`SILENCE_MARGIN`].
 pub fn silence_limit(request_timeout: Duration) -> Duration {
@@ -150,18 +162,41 @@ impl JetStreamWatch {
 }
 
 /// Whether JetStream answers through the node's NATS server, as the probe last found, shared with the spool: it
-/// holds why not while the node is to report itself not ready.
+/// holds why not while the node is to report itself not ready. Two findings count: the server silent (the echo has
+/// not come back for [`silence_limit`]), until a probe is answered again; and JetStream not answering through a
+/// server that echoes, until it answers.
 #[derive(Debug, Default, Clone)]
-pub struct JetStreamHealth(Arc<Mutex<Option<String>>>);
+pub struct JetStreamHealth(Arc<Mutex<Findings>>);
+
+#[derive(Debug, Default)]
+struct Findings {
+    silent: Option<String>,
+    jetstream: Option<String>,
+}
 
 impl JetStreamHealth {
     /// Why JetStream is taken as unavailable, `None` while it is not.
     pub fn unavailable(&self) -> Option<String> {
-        self.0.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        let findings = self.findings();
+        findings
+            .silent
+            .clone()
+            .or_else(|| findings.jetstream.clone())
     }
 
+    fn findings(&self) -> std::sync::MutexGuard<'_, Findings> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// JetStream answers (`None`) or not through a server that echoes; returns what was said before.
     fn set(&self, why: Option<String>) -> Option<String> {
-        std::mem::replace(&mut *self.0.lock().unwrap_or_else(|e| e.into_inner()), why)
+        std::mem::replace(&mut self.findings().jetstream, why)
+    }
+
+    /// The server has answered no probe for the limit (`Some`), or answered one again (`None`); returns what was
+    /// said before.
+    fn set_silent(&self, why: Option<String>) -> Option<String> {
+        std::mem::replace(&mut self.findings().silent, why)
     }
 }
 
@@ -233,6 +268,7 @@ pub async fn probe<F>(
                 _ = stopping.wait_for(|stop| *stop) => return,
             };
             if round {
+                health.set_silent(None);
                 if let Some(server) = left.take() {
                     tracing::info!(
                         "the NATS connection answers again, through server {}, after leaving server {server}",
@@ -262,6 +298,13 @@ pub async fn probe<F>(
                         streak.failures,
                         silent.as_secs_f64()
                     );
+                    // Not ready from now until a probe is answered again: the client may still take the
+                    // connection as open (nothing closed it), and publishes through it would wait in vain.
+                    health.set_silent(Some(format!(
+                        "NATS server {server} has answered none of this node's last {} probes ({:.0} s)",
+                        streak.failures,
+                        silent.as_secs_f64()
+                    )));
                     reconnect(&client).await;
                     left = Some(server);
                     streak.reset();
@@ -278,9 +321,21 @@ pub async fn probe<F>(
 }
 
 /// Makes the client reconnect. The client takes the request once it reads its commands again; should it not within
-/// a probe's time (it is stuck writing to a silent server), its own pings end that connection.
+/// a probe's time (it is stuck writing to a silent server: its buffers are full, and it takes no command until the
+/// server reads), its own pings end that connection: they go out once it has taken no command and read nothing for
+/// [`CLIENT_PING_INTERVAL`], and the third unanswered one ends it, [`CLIENT_PING_INTERVAL`] × 3 after it stuck.
 async fn reconnect(client: &async_nats::Client) {
-    let _ = tokio::time::timeout(PROBE_TIMEOUT, client.force_reconnect()).await;
+    if tokio::time::timeout(PROBE_TIMEOUT, client.force_reconnect())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            "the NATS client takes no command (stuck writing to server {}): its own pings end that connection \
+             within {:?} of it sticking, and it reconnects then",
+            server_of(client),
+            CLIENT_PING_INTERVAL * 3
+        );
+    }
 }
 
 /// The JetStream check after an answered probe: asks for the stream's info (`jetstream`: none before the spool is

@@ -162,11 +162,15 @@ pub async fn open_bucket(
 /// Every heartbeat in the bucket, sorted by node name, but those written more than [`BEAT_MAX_AGE`] before the
 /// newest. Age is judged by the NATS server's clock (when it stored each entry), not by the nodes' own clocks,
 /// which may differ; the bucket's age limit removes a silent node's entry by the same clock.
+///
+/// Reading creates no consumer: the keys come from the bucket's stream information (the subjects it holds, as
+/// `nats stream subjects` lists them) and each entry from a direct get of its last message. Listing the keys with
+/// `kv::Store::keys` would make an ordered consumer at each read, every [`BEAT_EVERY`] on every node, which the
+/// servers of a cluster remove only after their inactivity threshold (and not at all while one is cut off).
 pub async fn read_beats(store: &kv::Store) -> Result<Vec<NodeBeat>, String> {
-    let mut keys = store.keys().await.map_err(|e| e.to_string())?;
+    let keys = keys_of(store).await?;
     let mut beats = Vec::new();
-    while let Some(key) = keys.next().await {
-        let Ok(key) = key else { continue };
+    for key in keys {
         if let Ok(Some(entry)) = store.entry(&key).await
             && entry.operation == kv::Operation::Put
             && let Some(beat) = std::str::from_utf8(&entry.value)
@@ -185,6 +189,26 @@ pub async fn read_beats(store: &kv::Store) -> Result<Vec<NodeBeat>, String> {
         .collect();
     beats.sort_by(|a, b| a.node.cmp(&b.node));
     Ok(beats)
+}
+
+/// The keys the bucket holds an entry for (a delete marker included), from its stream's information: no consumer
+/// is made.
+async fn keys_of(store: &kv::Store) -> Result<Vec<String>, String> {
+    let subjects = format!("{}>", store.prefix);
+    let mut listed = store
+        .stream
+        .info_with_subjects(&subjects)
+        .await
+        .map_err(|e| format!("listing the keys of {}: {e}", store.name))?;
+    let mut keys = Vec::new();
+    while let Some(subject) = listed.next().await {
+        let (subject, _count) =
+            subject.map_err(|e| format!("listing the keys of {}: {e}", store.name))?;
+        if let Some(key) = subject.strip_prefix(store.prefix.as_str()) {
+            keys.push(key.to_owned());
+        }
+    }
+    Ok(keys)
 }
 
 /// Whether `node` has a heartbeat in the bucket now (read from the server, not from the last refreshed view): an
