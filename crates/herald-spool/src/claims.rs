@@ -235,7 +235,10 @@ impl ClaimBucket {
             Ok(Some(e)) if e.operation == kv::Operation::Put => e,
             Ok(_) => return Ok(None),
             Err(e) => {
-                let e = self.unavailable(format!("reading {key}: {e}"));
+                let e = self.unavailable(format!(
+                    "reading {key}: {}",
+                    crate::jetstream::nats_failure_text(&e)
+                ));
                 return Err(self.failed(&store, e));
             }
         };
@@ -263,7 +266,10 @@ impl ClaimBucket {
                             return Err(unreadable(format!("chunk {chunk_key} is missing")));
                         }
                         Err(e) => {
-                            let e = self.unavailable(format!("reading {chunk_key}: {e}"));
+                            let e = self.unavailable(format!(
+                                "reading {chunk_key}: {}",
+                                crate::jetstream::nats_failure_text(&e)
+                            ));
                             return Err(self.failed(&store, e));
                         }
                     }
@@ -304,7 +310,10 @@ impl ClaimBucket {
         for chunk in value.chunks(size) {
             let chunk_key = chunk_key(key, nonce, count);
             if let Err(e) = store.put(&chunk_key, Bytes::copy_from_slice(chunk)).await {
-                let e = self.unavailable(format!("writing {chunk_key}: {e}"));
+                let e = self.unavailable(format!(
+                    "writing {chunk_key}: {}",
+                    crate::jetstream::nats_failure_text(&e)
+                ));
                 return Err(self.failed(&store, e));
             }
             count += 1;
@@ -329,7 +338,10 @@ impl ClaimBucket {
             Ok(revision) => Ok(Some(revision)),
             Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => Ok(None),
             Err(e) => {
-                let e = self.unavailable(format!("creating {key}: {e}"));
+                let e = self.unavailable(format!(
+                    "creating {key}: {}",
+                    crate::jetstream::nats_failure_text(&e)
+                ));
                 Err(self.failed(&store, e))
             }
         }
@@ -349,7 +361,10 @@ impl ClaimBucket {
             Ok(revision) => Ok(Some(revision)),
             Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => Ok(None),
             Err(e) => {
-                let e = self.unavailable(format!("replacing {key}: {e}"));
+                let e = self.unavailable(format!(
+                    "replacing {key}: {}",
+                    crate::jetstream::nats_failure_text(&e)
+                ));
                 Err(self.failed(&store, e))
             }
         }
@@ -362,7 +377,10 @@ impl ClaimBucket {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == kv::DeleteErrorKind::WrongLastRevision => Ok(()),
             Err(e) => {
-                let e = self.unavailable(format!("removing {key}: {e}"));
+                let e = self.unavailable(format!(
+                    "removing {key}: {}",
+                    crate::jetstream::nats_failure_text(&e)
+                ));
                 Err(self.failed(&store, e))
             }
         }

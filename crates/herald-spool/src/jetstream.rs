@@ -262,6 +262,52 @@ impl Unanswered {
     }
 }
 
+/// The credentials a server URL carries, percent-decoded: a user with a password, or a user alone, which NATS
+/// takes for a token.
+#[derive(Debug, PartialEq, Eq)]
+enum UrlAuth {
+    UserPassword { user: String, password: String },
+    Token(String),
+}
+
+impl UrlAuth {
+    fn of(server: &async_nats::ServerAddr) -> Option<UrlAuth> {
+        let user = percent_decoded(server.username()?);
+        Some(match server.password() {
+            Some(password) => UrlAuth::UserPassword {
+                user,
+                password: percent_decoded(password),
+            },
+            None => UrlAuth::Token(user),
+        })
+    }
+}
+
+/// `text` with its `%XX` escapes decoded (a URL's user and password are kept encoded); an escape that is not two
+/// hex digits, or bytes that are not UTF-8, are kept as they are.
+fn percent_decoded(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = bytes
+            .get(i + 1..i + 3)
+            .and_then(|h| std::str::from_utf8(h).ok())
+            .and_then(|h| u8::from_str_radix(h, 16).ok());
+        match (bytes[i], hex) {
+            (b'%', Some(byte)) => {
+                out.push(byte);
+                i += 3;
+            }
+            (b, _) => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8(out).unwrap_or_else(|_| text.to_owned())
+}
+
 /// The text of a failed NATS request: the client's own, but for the failures [`Unanswered`] knows, which are said
 /// for what they mean (the stream without a leader, the bucket not available yet) rather than as the client says
 /// them ("no stream found for given subject" for a stream that exists but has no leader); the JetStream API's own
@@ -474,6 +520,19 @@ impl JetStreamSpool {
                     .map_err(|e| SpoolError::Config(format!("spool_nats_url {s:?}: {e}")))
             })
             .collect::<Result<_, _>>()?;
+        // The client sends no credentials a URL carries (`nats://user:password@host`, `nats://token@host`): they are
+        // handed to it here, unless spool_nats_token or spool_nats_credentials give others.
+        if options.token.is_none()
+            && options.credentials.is_none()
+            && let Some(auth) = servers.iter().find_map(UrlAuth::of)
+        {
+            connect = match auth {
+                UrlAuth::UserPassword { user, password } => {
+                    connect.user_and_password(user, password)
+                }
+                UrlAuth::Token(token) => connect.token(token),
+            };
+        }
         // The client connects (and reconnects) in the background: herald starts while NATS is down and refuses
         // notifications until it is reachable.
         let client = connect
@@ -3978,6 +4037,26 @@ pub(crate) mod tests {
     use super::*;
     use crate::record::RECORD_VERSION;
     use std::time::Instant;
+
+    /// The credentials a server URL carries, as the NATS client would need them (it sends none of them itself):
+    /// user and password, or a token, percent-decoded.
+    #[test]
+    fn a_urls_credentials_are_read_decoded() {
+        let auth = |url: &str| UrlAuth::of(&url.parse::<async_nats::ServerAddr>().unwrap());
+        assert_eq!(
+            auth("nats://herald:s3cr%40t%25@127.0.0.1:4222"),
+            Some(UrlAuth::UserPassword {
+                user: "herald".into(),
+                password: "s3cr@t%".into()
+            })
+        );
+        assert_eq!(
+            auth("nats://t0ken@127.0.0.1:4222"),
+            Some(UrlAuth::Token("t0ken".into()))
+        );
+        assert_eq!(auth("nats://127.0.0.1:4222"), None);
+        assert_eq!(percent_decoded("100%zz%4"), "100%zz%4");
+    }
 
     /// A message handle stand-in: (stream sequence, delivery count).
     type Handle = (u64, u64);

@@ -2,6 +2,8 @@
 //! client at trace level, which logs the CONNECT message it sends) names the NATS server it tries as
 //! `nats://user:***@host:port`, never with the password as written.
 //!
+//! Those credentials are what herald connects with (the NATS client sends none a URL carries by itself).
+//!
 //! The test starts its own `nats-server` (JetStream, a user with a password) on a loopback port; without
 //! `nats-server` on PATH it is skipped with a message (failing under `CI`).
 
@@ -115,4 +117,21 @@ fn no_log_line_shows_the_password_of_the_nats_url() {
     assert!(!text.contains(PASSWORD), "the password is shown:\n{text}");
     let masked = format!("server=ServerAddr(nats://{USER}:***@127.0.0.1:{port})");
     assert!(text.contains(&masked), "no {masked:?} in:\n{text}");
+}
+
+/// The NATS client sends none of the credentials a URL carries by itself: herald hands them over, so a server that
+/// takes only that user and password lets the node in, and its spool becomes ready.
+#[test]
+fn the_user_and_password_of_the_nats_url_are_used() {
+    if !nats::available() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (_nats, port) = nats_with_password(dir.path());
+    let (_herald, err_path) = herald(dir.path(), port, "info");
+    let text = text_with(&err_path, "created the JetStream consumer");
+    assert!(
+        !text.to_ascii_lowercase().contains("authorization violation"),
+        "{text}"
+    );
 }
