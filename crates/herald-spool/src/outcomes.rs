@@ -17,6 +17,12 @@
 //! writes reopen it (they run on writer or blocking threads); reads, some of which run on async threads (status
 //! lookups, `Idempotency-Key` checks), never do, nor wait for a reopen under way: they fail with a temporary error
 //! meanwhile.
+//!
+//! Before each write the store seals its memory tables when due and waits, for a bounded time, while flushes or
+//! compactions are behind ([`upkeep`]): its journal files are freed within a bounded size, and fjall's own write
+//! stalls, which could wait without end on a full disk, never run.
+
+mod upkeep;
 
 use std::collections::HashMap;
 use std::ops::Bound;
@@ -28,7 +34,8 @@ use std::time::{Duration, Instant};
 use fjall::{Config, Keyspace, PartitionCreateOptions, PartitionHandle, PersistMode};
 
 use crate::error::SpoolError;
-use crate::fjall_engine::{REOPEN_FREE_BYTES, error, probe_free_space};
+use crate::fjall_engine::{REOPEN_FREE_BYTES, UNBOUNDED_MEMTABLE, error, probe_free_space};
+use upkeep::{Tuning, Upkeep};
 
 /// The keyspace directory inside the spool directory.
 pub const OUTCOMES_DIR: &str = "outcomes";
@@ -36,6 +43,19 @@ pub const OUTCOMES_DIR: &str = "outcomes";
 /// While the store refuses writes, the next write tries to reopen it at once, later ones at most this often (the
 /// spool's default `retry_interval`).
 pub const REOPEN_INTERVAL: Duration = Duration::from_secs(1);
+
+/// The keyspace's partitions, by name (see [`Parts`]).
+const PARTITIONS: [&str; 9] = [
+    "outcomes",
+    "expiry",
+    "pruned",
+    "idempotency",
+    "idempotency_expiry",
+    "webhook",
+    "webhook_heads",
+    "broadcasts",
+    "meta",
+];
 
 /// Idempotency index entries handled per write by [`OutcomeStore::prune_idempotency`] and by the one-time indexing
 /// of a store written by an earlier version.
@@ -121,13 +141,20 @@ impl Parts {
             path: dir.to_path_buf(),
             source: Arc::new(e),
         })?;
+        for name in PARTITIONS {
+            upkeep::lift_memtable_limit(dir, name, context)?;
+        }
+        // fjall's write-buffer and journal limits out of reach, so that its write stalls never wait inside a write
+        // (see `upkeep`).
         let keyspace = Config::new(dir)
             .cache_size(8 << 20)
+            .max_write_buffer_size(u64::MAX)
+            .max_journaling_size(u64::MAX)
             .open()
             .map_err(|e| error(context, e))?;
         let part = |name: &str| {
             keyspace
-                .open_partition(name, PartitionCreateOptions::default())
+                .open_partition(name, partition_options())
                 .map_err(|e| error(context, e))
         };
         let outcomes = part("outcomes")?;
@@ -140,7 +167,7 @@ impl Parts {
         let webhook = keyspace
             .open_partition(
                 "webhook",
-                PartitionCreateOptions::default().compression(fjall::CompressionType::None),
+                partition_options().compression(fjall::CompressionType::None),
             )
             .map_err(|e| error(context, e))?;
         let webhook_heads = part("webhook_heads")?;
@@ -220,6 +247,21 @@ impl Parts {
         })
     }
 
+    /// Every partition, for [`Upkeep`].
+    fn all(&self) -> [&PartitionHandle; PARTITIONS.len()] {
+        [
+            &self.outcomes,
+            &self.expiry,
+            &self.pruned,
+            &self.idempotency,
+            &self.idempotency_expiry,
+            &self.webhook,
+            &self.webhook_heads,
+            &self.broadcasts,
+            &self.meta,
+        ]
+    }
+
     /// The outcome references in the expiry index, counted (for a store of an earlier version).
     fn count_index(&self) -> Result<u64, fjall::Error> {
         let mut n = 0;
@@ -263,11 +305,19 @@ impl Parts {
     }
 }
 
+/// The options of a partition created now: a memtable size fjall never reaches, so that it never seals one inside a
+/// write (see `upkeep`).
+fn partition_options() -> PartitionCreateOptions {
+    PartitionCreateOptions::default().max_memtable_size(UNBOUNDED_MEMTABLE)
+}
+
 /// Final outcomes and idempotency answers, durable across restarts.
 pub struct OutcomeStore {
     /// The keyspace directory (`spool_dir/outcomes`).
     dir: PathBuf,
     retry_interval: Duration,
+    /// Seals memtables and holds writes back while the store is behind.
+    upkeep: Upkeep,
     /// `None` after a reopen that closed the old keyspace but could not open the new one.
     parts: RwLock<Option<Parts>>,
     /// Set by a failed write, cleared by one that succeeds.
@@ -294,6 +344,16 @@ pub struct OutcomeStore {
 
 #[cfg(test)]
 type PruneHook = Box<dyn Fn(&OutcomeStore) + Send>;
+
+/// Whether a write first makes room in the store ([`OutcomeStore::run_write`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Admission {
+    /// Seals memtables when due and waits, for a bounded time, while the store is behind: a write that adds to the
+    /// journal.
+    Wait,
+    /// Goes ahead at once: a sync, which adds nothing.
+    Skip,
+}
 
 /// What [`OutcomeStore::lookup`] found.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -340,10 +400,14 @@ fn closed(context: &'static str) -> SpoolError {
 impl OutcomeStore {
     /// Opens (or creates) the store in `spool_dir/outcomes`.
     pub fn open(spool_dir: &Path) -> Result<OutcomeStore, SpoolError> {
-        OutcomeStore::open_with(spool_dir, REOPEN_INTERVAL)
+        OutcomeStore::open_with(spool_dir, REOPEN_INTERVAL, Tuning::default())
     }
 
-    fn open_with(spool_dir: &Path, retry_interval: Duration) -> Result<OutcomeStore, SpoolError> {
+    fn open_with(
+        spool_dir: &Path,
+        retry_interval: Duration,
+        tuning: Tuning,
+    ) -> Result<OutcomeStore, SpoolError> {
         // Opened at every start, whatever the spool backend: a spool directory open to other users is said here
         // when the disk spool did not say it already.
         crate::state_dir::create_dir(spool_dir).map_err(|e| SpoolError::Open {
@@ -356,6 +420,7 @@ impl OutcomeStore {
         Ok(OutcomeStore {
             dir,
             retry_interval,
+            upkeep: Upkeep::new(tuning),
             parts: RwLock::new(Some(opened.parts)),
             broken: Mutex::new(None),
             watermarks: Mutex::new(opened.watermarks),
@@ -473,6 +538,17 @@ impl OutcomeStore {
         context: &'static str,
         f: impl FnOnce(&Parts) -> Result<(T, bool), fjall::Error>,
     ) -> Result<T, SpoolError> {
+        self.run_write(context, Admission::Wait, f)
+    }
+
+    /// Runs the write `f` as [`OutcomeStore::write_if`] does; with [`Admission::Wait`], first makes room for it
+    /// ([`Upkeep::admit`]: seals memtables when due, waits a bounded time while the store is behind).
+    fn run_write<T>(
+        &self,
+        context: &'static str,
+        admission: Admission,
+        f: impl FnOnce(&Parts) -> Result<(T, bool), fjall::Error>,
+    ) -> Result<T, SpoolError> {
         let guard = self.writable(context)?;
         let Some(parts) = guard.as_ref() else {
             return Err(closed(context));
@@ -486,7 +562,11 @@ impl OutcomeStore {
             };
             return Err(self.note_failure(e));
         }
-        let result = f(parts);
+        let result = match admission {
+            Admission::Wait => self.upkeep.admit(&parts.keyspace, &parts.all()),
+            Admission::Skip => Ok(()),
+        }
+        .and_then(|()| f(parts));
         drop(guard);
         match result {
             Ok((t, wrote)) => {
@@ -1108,10 +1188,13 @@ impl OutcomeStore {
         })
     }
 
-    /// Makes everything written so far durable.
+    /// Makes everything written so far durable. It adds nothing to the journal, so it does not wait for the store
+    /// to catch up (herald calls it at a stop).
     pub fn sync(&self) -> Result<(), SpoolError> {
-        self.write("syncing the outcome store", |p| {
-            p.keyspace.persist(PersistMode::SyncAll)
+        self.run_write("syncing the outcome store", Admission::Skip, |p| {
+            p.keyspace
+                .persist(PersistMode::SyncAll)
+                .map(|()| ((), true))
         })
     }
 }
@@ -1826,7 +1909,9 @@ mod tests {
     #[test]
     fn refused_writes_fail_as_on_a_failing_disk_and_recover() {
         let dir = tempfile::tempdir().unwrap();
-        let store = OutcomeStore::open_with(dir.path(), Duration::from_millis(1)).unwrap();
+        let store =
+            OutcomeStore::open_with(dir.path(), Duration::from_millis(1), Tuning::default())
+                .unwrap();
         store.put(&[(key(1, 1), 1_000, b"before")]).unwrap();
         store.refuse_writes(true);
         let refused = store.put(&[(key(1, 2), 1_000, b"refused")]).unwrap_err();
@@ -1862,7 +1947,7 @@ mod tests {
     fn a_read_of_a_closed_store_fails_at_once_and_the_next_write_reopens_it() {
         let dir = tempfile::tempdir().unwrap();
         // Every reopen is due at once.
-        let store = OutcomeStore::open_with(dir.path(), Duration::ZERO).unwrap();
+        let store = OutcomeStore::open_with(dir.path(), Duration::ZERO, Tuning::default()).unwrap();
         store.put(&[(key(1, 1), 1_000, b"before")]).unwrap();
         store
             .idempotent_put(b"k", u64::MAX, b"answer", false)
@@ -1955,7 +2040,8 @@ mod tests {
             return;
         };
         // Reopens that fail are not tried again within the hour: the one that succeeds is not due to the interval.
-        let store = OutcomeStore::open_with(&spool, Duration::from_secs(3600)).unwrap();
+        let store =
+            OutcomeStore::open_with(&spool, Duration::from_secs(3600), Tuning::default()).unwrap();
         store.put(&[(key(1, 0), 1_000, b"before")]).unwrap();
         let filler = fill(&spool);
         // The filler may leave a few blocks the first writes still fit in.
@@ -2013,5 +2099,125 @@ mod tests {
             Some(b"answer".to_vec())
         );
         assert_eq!(store.hook_queues().unwrap()[0].chunks, vec![(1, 1)]);
+    }
+
+    /// Journal files in `spool_dir/outcomes/journals` and the bytes they take on disk (fjall makes each one 32 MiB
+    /// long, sparse: what it holds is what is allocated).
+    fn journals_on_disk(spool_dir: &Path) -> (usize, u64) {
+        use std::os::unix::fs::MetadataExt;
+        let mut files = 0;
+        let mut bytes = 0;
+        for entry in std::fs::read_dir(spool_dir.join(OUTCOMES_DIR).join("journals")).unwrap() {
+            // fjall deletes journal files while the store works: one listed may be gone by now.
+            let Ok(metadata) = entry.and_then(|e| e.metadata()) else {
+                continue;
+            };
+            files += 1;
+            bytes += metadata.blocks() * 512;
+        }
+        (files, bytes)
+    }
+
+    /// Outcomes written at a steady rate, with the small partitions (expiry index, count, webhook heads,
+    /// idempotency answers) written alongside as herald writes them: once the memtables are flushed, the journal
+    /// files written before are deleted, so the journal stays within a few times the sealing size. With fjall left
+    /// to itself, the small partitions kept every journal file until the journal reached 256 MiB.
+    #[test]
+    fn journal_files_are_freed_as_the_outcomes_are_written() {
+        const SEAL: u64 = 256 << 10;
+        let dir = tempfile::tempdir().unwrap();
+        let tuning = Tuning {
+            seal_bytes: SEAL,
+            journal_files: 4,
+            ..Tuning::default()
+        };
+        let store = OutcomeStore::open_with(dir.path(), REOPEN_INTERVAL, tuning).unwrap();
+        let value = vec![0x5a; 4096];
+        let mut n = 0;
+        // 8 MiB of outcomes, 32 times the sealing size.
+        for round in 0..128u64 {
+            let entries: Vec<_> = (0..16)
+                .map(|_| {
+                    n += 1;
+                    (key(1, n), 1_000 * round, value.clone())
+                })
+                .collect();
+            store.put(&entries).unwrap();
+            store
+                .idempotent_put(&round.to_be_bytes(), u64::MAX, b"answer", false)
+                .unwrap();
+            store.hook_advance("a.example", round, &[]).unwrap();
+        }
+        let written = n * value.len() as u64;
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let (files, bytes) = journals_on_disk(dir.path());
+            if files <= tuning.journal_files && bytes <= 3 * SEAL {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{files} journal files with {bytes} bytes after writing {written} bytes of outcomes \
+                 (sealed at {SEAL})"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        // Nothing was lost with the journal files.
+        assert!(matches!(
+            store.lookup(&key(1, 1)).unwrap(),
+            Lookup::Found(_)
+        ));
+        assert!(matches!(
+            store.lookup(&key(1, n)).unwrap(),
+            Lookup::Found(_)
+        ));
+        assert_eq!(store.len(), n);
+        drop(store);
+        let store = OutcomeStore::open(dir.path()).unwrap();
+        assert_eq!(store.len(), n);
+        assert_eq!(store.hook_queues().unwrap()[0].head, 127);
+    }
+
+    /// A store created by an earlier herald (fjall's default options, 16 MiB memtables stored with each partition)
+    /// opens with what it holds, its partitions' memtable size raised out of fjall's reach, so that fjall never
+    /// seals a memtable inside a write (where it could wait without end for compaction).
+    #[test]
+    fn a_store_of_an_earlier_version_opens_with_its_memtable_size_raised() {
+        let dir = tempfile::tempdir().unwrap();
+        let outcomes_dir = dir.path().join(OUTCOMES_DIR);
+        {
+            let keyspace = Config::new(&outcomes_dir).open().unwrap();
+            for name in PARTITIONS {
+                keyspace
+                    .open_partition(name, PartitionCreateOptions::default())
+                    .unwrap();
+            }
+            let outcomes = keyspace
+                .open_partition("outcomes", PartitionCreateOptions::default())
+                .unwrap();
+            outcomes.insert(key(4, 1), b"kept").unwrap();
+            keyspace.persist(PersistMode::SyncAll).unwrap();
+        }
+        let memtable_size = |name: &str| {
+            let config =
+                std::fs::read(outcomes_dir.join("partitions").join(name).join("config")).unwrap();
+            u32::from_be_bytes(config[6..10].try_into().unwrap())
+        };
+        assert_eq!(memtable_size("meta"), 16 << 20);
+        let store = OutcomeStore::open(dir.path()).unwrap();
+        assert_eq!(
+            store.lookup(&key(4, 1)).unwrap(),
+            Lookup::Found(b"kept".to_vec())
+        );
+        store.put(&[(key(4, 2), 1_000, b"new")]).unwrap();
+        for name in PARTITIONS {
+            assert_eq!(memtable_size(name), UNBOUNDED_MEMTABLE, "{name}");
+        }
+        drop(store);
+        let store = OutcomeStore::open(dir.path()).unwrap();
+        assert_eq!(
+            store.lookup(&key(4, 2)).unwrap(),
+            Lookup::Found(b"new".to_vec())
+        );
     }
 }

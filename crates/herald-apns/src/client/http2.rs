@@ -1409,6 +1409,28 @@ fn stream_end(e: &h2::Error) -> StreamEnd {
     }
 }
 
+/// The words for a connection the server closed without TLS close_notify (after a request was written in full, it
+/// is the cause of [`PushResult::Unanswered`], which herald's logs show).
+const CLOSED_WITHOUT_CLOSE_NOTIFY: &str =
+    "the server closed the connection without a TLS close_notify";
+
+/// Why a stream ended, as the logs and [`PushResult::Unanswered`] say it: the error's own text, except for a
+/// connection closed without TLS close_notify, whose text from the TLS library carries a link to its manual.
+fn stream_end_cause(e: &h2::Error) -> String {
+    match e.get_io().and_then(plain_io_cause) {
+        Some(plain) => plain.to_owned(),
+        None => e.to_string(),
+    }
+}
+
+/// Plain words for an I/O error whose own text is written for developers: the end of a TLS stream without
+/// close_notify (an `UnexpectedEof` that names it).
+fn plain_io_cause(e: &std::io::Error) -> Option<&'static str> {
+    let unclean_close =
+        e.kind() == std::io::ErrorKind::UnexpectedEof && e.to_string().contains("close_notify");
+    unclean_close.then_some(CLOSED_WITHOUT_CLOSE_NOTIFY)
+}
+
 /// What one stream ended with, for the dispatcher.
 struct Answer<T> {
     tag: T,
@@ -1650,17 +1672,18 @@ async fn exchange(
             // reset): APNs may have processed it (RFC 9113 §6.8), so, as after a timeout, the outcome is unknown.
             end if sent => {
                 reset = end == StreamEnd::Reset;
+                let cause = stream_end_cause(&e);
                 tracing::info!(
                     conn,
                     stream = stream_id,
-                    "stream ended without an answer after the request was sent ({e}); APNs may have accepted it"
+                    "stream ended without an answer after the request was sent ({cause}); APNs may have accepted it"
                 );
                 PushResult::Unanswered {
                     stream: CancelledStream {
                         connection: conn,
                         stream: stream_id,
                     },
-                    cause: e.to_string(),
+                    cause,
                 }
             }
             // Reset before its last byte went out: APNs never had the request in full, so never processed it. A
@@ -1958,6 +1981,31 @@ pub(crate) mod tests {
     use crate::token_hex::DeviceToken;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::net::{TcpListener, TcpStream};
+
+    /// A connection the server closed without TLS close_notify is said plainly, without the link to rustls's manual
+    /// that its error text carries (it reached the logs as the cause of an unanswered stream); other I/O errors
+    /// keep their own text.
+    #[test]
+    fn a_close_without_close_notify_is_said_plainly() {
+        let rustls_eof = std::io::Error::new(
+            std::io::ErrorKind::UnexpectedEof,
+            "peer closed connection without sending TLS close_notify: \
+             https://docs.rs/rustls/latest/rustls/manual/_03_howto/index.html#unexpected-eof",
+        );
+        let cause = plain_io_cause(&rustls_eof).unwrap();
+        assert_eq!(
+            cause,
+            "the server closed the connection without a TLS close_notify"
+        );
+        assert!(!cause.contains("https://"), "{cause}");
+        let reset = std::io::Error::from(std::io::ErrorKind::ConnectionReset);
+        assert_eq!(plain_io_cause(&reset), None);
+        let other_eof = std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "early eof");
+        assert_eq!(plain_io_cause(&other_eof), None);
+        // An error of h2's own (no I/O inside) keeps its text.
+        let refused = h2::Error::from(h2::Reason::REFUSED_STREAM);
+        assert_eq!(stream_end_cause(&refused), refused.to_string());
+    }
 
     /// Feeds answers taking `rtts` (ms), all sent at once, to a limit and its ramp proof, and says after each
     /// whether the connection shows itself ramping up.
