@@ -464,7 +464,7 @@ option_table! {
         Kind::PathOrNone,
         None,
         TLS_ID,
-        "PEM private key for `tls_certificate`.",
+        "PEM private key for `tls_certificate`; unset, the key is read from the `tls_certificate` file, which must then hold it (a PEM PRIVATE KEY block), on a listener as for delivery. On a listener, `tls_key` without `tls_certificate` refuses the configuration (the listener would serve plain text); a listen stanza with `tls_certificate = none` serves plain text on purpose.",
     ),
     TlsCiphers => inert(
         "tls_ciphers",

@@ -125,11 +125,14 @@ fn settings(scope: ScopeKind, max: usize) -> BoxedStrategy<Vec<String>> {
 }
 
 /// Lines `name = value` valid in `scope`; without `top_level`, for a domain stanza inside a binding or binding
-/// group (no option herald reads for the domain alone).
+/// group (no option herald reads for the domain alone). No `tls_key` in a listener or listen stanza: one without
+/// `tls_certificate` refuses the configuration (herald-conf's whole-configuration checks).
 fn settings_where(scope: ScopeKind, max: usize, top_level: bool) -> BoxedStrategy<Vec<String>> {
+    let listener_scope = scope.is_listener() || scope == ScopeKind::Listen;
     let defs: Vec<_> = OPTIONS
         .iter()
         .filter(|d| d.scopes.contains(scope) && (top_level || !d.top_level_domain_only))
+        .filter(|d| !(listener_scope && d.name == "tls_key"))
         .collect();
     let one = prop::sample::select(defs)
         .prop_flat_map(|d| (case_variant(d.name), value_for_option(d.name, d.kind)))

@@ -250,6 +250,32 @@ async fn a_csv_file_in_batches() {
     s.server.shutdown(Duration::from_secs(5)).await;
 }
 
+/// README's `--file tokens.csv --payload '{"aps":{"badge":1}}'` with an `alert` column: each row's alert is set
+/// in the shared payload (its badge stays), and a row without an alert takes the payload as given.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_alert_column_is_merged_into_the_shared_payload() {
+    let s = setup().await;
+    let tokens: Vec<String> = (30..32).map(token).collect();
+    let csv = format!("token,alert\n{},Hi\n{},\n", tokens[0], tokens[1]);
+    let file = write(s.dir.path(), "alerts.csv", &csv);
+    let run = send(
+        &s,
+        &[
+            "--file",
+            file.to_str().unwrap(),
+            "--payload",
+            r#"{"aps":{"badge":1}}"#,
+        ],
+        "",
+    )
+    .await;
+    assert!(run.ok, "{}{}", run.stdout, run.stderr);
+    let recs = delivered(&s.sim, &tokens).await;
+    assert_eq!(recs[0].payload, r#"{"aps":{"alert":"Hi","badge":1}}"#);
+    assert_eq!(recs[1].payload, r#"{"aps":{"badge":1}}"#);
+    s.server.shutdown(Duration::from_secs(5)).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn json_lines_from_stdin() {
     let s = setup().await;

@@ -43,7 +43,8 @@ pub struct SendArgs {
     /// the payload comes from --payload, --priority and --expiration apply.
     #[arg(long, conflicts_with_all = ["token", "file", "alert", "wait", "push_type", "collapse_id", "topic"])]
     pub channel: Option<String>,
-    /// The payload, a JSON object sent byte for byte.
+    /// The payload, a JSON object sent byte for byte. With --file, a CSV row's `alert` column is set as its
+    /// aps.alert (the rest of the payload, such as a badge, stays; that row's payload is then written anew).
     #[arg(long, conflicts_with = "alert")]
     pub payload: Option<String>,
     /// Shorthand for --payload '{"aps":{"alert":TEXT}}'.
@@ -406,8 +407,10 @@ fn prepare(args: &SendArgs) -> anyhow::Result<(Request, Vec<Item>, String)> {
             } else {
                 path.display().to_string()
             };
-            if defaults.payload.is_none() {
-                input::check_payloads(&items, &what)?;
+            let mut items = items;
+            match &defaults.payload {
+                Some(shared) => input::merge_alerts(&mut items, shared)?,
+                None => input::check_payloads(&items, &what)?,
             }
             (items, what)
         }
@@ -484,6 +487,10 @@ pub fn write_summary(
         )?;
     }
     let secs = report.elapsed.as_secs_f64();
+    // A rate only when something was accepted: a run all refused or failed sent nothing worth timing.
+    if report.accepted() == 0 {
+        return writeln!(out, "elapsed: {secs:.3} s");
+    }
     writeln!(
         out,
         "elapsed: {secs:.3} s ({:.0} notifications/s)",
@@ -1094,5 +1101,23 @@ mod tests {
             text.contains("elapsed: 0.010 s (300 notifications/s)"),
             "{text}"
         );
+    }
+
+    /// Nothing accepted (all rejected, or every request failed): the elapsed time, but no rate.
+    #[test]
+    fn summary_gives_no_rate_when_nothing_was_accepted() {
+        let report = Report {
+            sent: 7,
+            requests: 1,
+            batches_sent: 1,
+            outcomes: vec![Outcome::Rejected("device token: too short".into()); 7],
+            elapsed: std::time::Duration::from_secs(1),
+            ..Report::default()
+        };
+        let mut out = Vec::new();
+        write_summary(&mut out, &report, "d.example", "t.csv").unwrap();
+        let text = String::from_utf8(out).unwrap();
+        assert!(text.ends_with("elapsed: 1.000 s\n"), "{text}");
+        assert!(!text.contains("notifications/s"), "{text}");
     }
 }

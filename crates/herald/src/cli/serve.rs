@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use herald::server::Server;
+use herald::server::{ReloadReport, Server};
 use tokio::task::JoinHandle;
 
 #[derive(Debug, clap::Args)]
@@ -147,10 +147,51 @@ async fn on_hangup(server: Arc<Server>) {
             for w in &report.warnings {
                 tracing::warn!("SIGHUP: reload: {w}");
             }
-            tracing::info!(?report, "SIGHUP: configuration reloaded");
+            tracing::info!("SIGHUP: {}", reload_summary(&report));
         }
         Err(e) => tracing::error!("SIGHUP: {e}"),
     }
+}
+
+/// One line saying what a reload did, as the console's `config reload` says it: the file, the domains
+/// reconfigured, the listeners started, stopped, restarted or given a renewed certificate, the domains it cannot
+/// deliver and why, and how many listener errors and warnings (each logged on a line of its own).
+fn reload_summary(report: &ReloadReport) -> String {
+    let mut out = format!(
+        "configuration reloaded from {}: domains reconfigured: {}",
+        report.path.display(),
+        report.domains
+    );
+    for (what, list) in [
+        ("listeners started", &report.listeners_started),
+        ("listeners stopped", &report.listeners_stopped),
+        ("listeners restarted", &report.listeners_restarted),
+        ("certificates reloaded", &report.certificates_reloaded),
+    ] {
+        if !list.is_empty() {
+            out.push_str(&format!("; {what}: {}", list.join(", ")));
+        }
+    }
+    if !report.unroutable.is_empty() {
+        let domains: Vec<String> = report
+            .unroutable
+            .iter()
+            .map(|(domain, why)| format!("{domain} ({why})"))
+            .collect();
+        out.push_str(&format!(
+            "; domains that cannot be delivered: {}",
+            domains.join(", ")
+        ));
+    }
+    for (what, n) in [
+        ("listener errors", report.listener_errors.len()),
+        ("warnings", report.warnings.len()),
+    ] {
+        if n > 0 {
+            out.push_str(&format!("; {what}: {n}"));
+        }
+    }
+    out
 }
 
 /// The signals `serve` acts on.
@@ -173,5 +214,34 @@ impl Signals {
             int: signal(SignalKind::interrupt()).context("installing the SIGINT handler")?,
             hup,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The reload's line reads as the console's answer does, not as a Rust debug dump.
+    #[test]
+    fn a_reload_is_summed_up_in_words() {
+        let report = ReloadReport {
+            path: PathBuf::from("/etc/herald/herald.conf"),
+            domains: 3,
+            unroutable: vec![("b.example".into(), "no credentials".into())],
+            listeners_started: vec!["http_listener 127.0.0.1:8081".into()],
+            listeners_restarted: vec!["esmtp_listener 127.0.0.1:25".into()],
+            warnings: vec!["w1".into(), "w2".into()],
+            ..ReloadReport::default()
+        };
+        assert_eq!(
+            reload_summary(&report),
+            "configuration reloaded from /etc/herald/herald.conf: domains reconfigured: 3; listeners started: \
+             http_listener 127.0.0.1:8081; listeners restarted: esmtp_listener 127.0.0.1:25; domains that cannot be \
+             delivered: b.example (no credentials); warnings: 2"
+        );
+        assert_eq!(
+            reload_summary(&ReloadReport::default()),
+            "configuration reloaded from : domains reconfigured: 0"
+        );
     }
 }

@@ -1693,6 +1693,7 @@ impl DomainTask {
     /// A connection attempt failed while notifications wait for it: the oldest waiting one gets a transient-failure
     /// line naming the route and the reason (it stays queued, its retry count unchanged), at most once per
     /// [`CONNECT_FAILURE_LOG_EVERY`], so an unreachable route shows in the logs before `mx_failures_to_delay`.
+    /// Each line is counted as a transient failure (`ConnectionFailed`), as the logs show it.
     fn log_connect_failure(&mut self) {
         let now = Instant::now();
         if self
@@ -1710,6 +1711,7 @@ impl DomainTask {
         let oldest = waiting.first().map(|j| &j.tag).or(self.active.front());
         if let Some(item) = oldest {
             self.log(item, OutcomeKind::Transient, Attempt::NONE, &error);
+            self.stats.connection_failed();
             self.connect_failure_logged = Some(now);
         }
         for job in waiting {
@@ -2508,6 +2510,42 @@ mod tests {
         // Nothing more to fail: the young ones stay.
         task.expire_unsent("connection to 127.0.0.1:1 failed: refused");
         assert_eq!((task.pool.waiting(), task.active.len()), (1, 1));
+    }
+
+    /// A failed connection attempt's transient-failure line is counted (`ConnectionFailed`), once per line: a
+    /// second failure within [`CONNECT_FAILURE_LOG_EVERY`] logs nothing and counts nothing; no retry is counted.
+    #[tokio::test]
+    async fn a_logged_connection_failure_is_counted_as_a_transient_failure() {
+        let engine = engine(10);
+        let (mut task, _sender) = task_of(&engine);
+        task.handle(DomainEvent::Enqueue(queued(&engine, 1, 1)));
+        task.dispatch();
+        assert_eq!(task.pool.waiting(), 1);
+        let counted = |task: &DomainTask| {
+            let failures = task.stats.failures();
+            (
+                task.stats.transient.load(Ordering::Relaxed),
+                failures
+                    .get(&(
+                        super::super::stats::FailureKind::Transient,
+                        super::super::stats::CONNECTION_FAILED.to_owned(),
+                    ))
+                    .copied(),
+            )
+        };
+        task.log_connect_failure();
+        assert_eq!(counted(&task), (1, Some(1)));
+        task.log_connect_failure();
+        assert_eq!(
+            counted(&task),
+            (1, Some(1)),
+            "not logged again within a second"
+        );
+        let waiting = task.pool.take_waiting();
+        assert!(
+            waiting.iter().all(|j| j.tag.retries == 0),
+            "no retry counted"
+        );
     }
 
     /// A reload that changes the retry schedule applies to the notifications already waiting for a retry, at once

@@ -36,6 +36,9 @@ impl std::fmt::Display for FailureKind {
     }
 }
 
+/// The reason a failed connection attempt is counted under.
+pub const CONNECTION_FAILED: &str = "ConnectionFailed";
+
 /// Failures counted by kind and reason (the reason as the log lines give it).
 pub type FailureCounts = HashMap<(FailureKind, String), u64>;
 
@@ -111,6 +114,13 @@ impl DomainStats {
     pub fn transient(&self, reason: &str) {
         self.transient.fetch_add(1, Ordering::Relaxed);
         self.count_reason(FailureKind::Transient, reason);
+    }
+
+    /// A failed connection attempt logged as a transient-failure line of a waiting notification (whose retry count
+    /// stays unchanged): counted as a transient failure under [`CONNECTION_FAILED`], so that the logs, the metrics
+    /// (`herald_transient_failures_total`) and the console's `domain` agree.
+    pub fn connection_failed(&self) {
+        self.transient(CONNECTION_FAILED);
     }
 
     pub fn permanent(&self, reason: &str) {

@@ -40,6 +40,9 @@ impl Options {
 pub struct Item {
     pub token: String,
     pub payload: Option<Box<RawValue>>,
+    /// The text of a CSV `alert` column, which `payload` holds alone until [`merge_alerts`] sets it in a shared
+    /// `--payload`.
+    pub alert: Option<String>,
     pub options: Options,
     /// The line of the input it was read from (`None` for one not read from a file).
     pub line: Option<usize>,
@@ -51,6 +54,7 @@ impl Item {
         Item {
             token: token.into(),
             payload: None,
+            alert: None,
             options: Options::default(),
             line: None,
         }
@@ -88,7 +92,8 @@ pub fn check_payloads(items: &[Item], source_name: &str) -> Result<(), InputErro
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Format {
     /// One device token per line; an optional header row names the columns (`token`, and optionally `alert`,
-    /// `topic`, `push_type`, `priority`, `expiration`, `collapse_id`). Lines starting with `#` are comments before
+    /// `topic`, `push_type`, `priority`, `expiration`, `collapse_id`); with --payload, a row's alert is set in its
+    /// aps. Lines starting with `#` are comments before
     /// the header and anywhere in a list of tokens without one; after a header every line is a row.
     Csv,
     /// One JSON object per line, as the items of the native API's `notifications` (`token`, `payload`, options).
@@ -179,6 +184,43 @@ pub fn alert_payload(text: &str) -> Box<RawValue> {
 
 fn empty_object() -> Box<RawValue> {
     RawValue::from_string("{}".to_owned()).unwrap_or_else(|_| unreachable!("{{}} is valid JSON"))
+}
+
+/// With a shared payload (`--payload`), a CSV row's `alert` is set as `aps.alert` in a copy of it, so that the
+/// rest of the payload (a `badge`, a `sound`, custom keys) stays: the row's own payload is the shared one with its
+/// alert. Such a payload is written anew (its keys in order, a repeated key once); the rows without an alert take
+/// the shared payload byte for byte. Refused when the shared payload's `aps` is not an object.
+pub fn merge_alerts(items: &mut [Item], shared: &RawValue) -> Result<(), InputError> {
+    if items.iter().all(|i| i.alert.is_none()) {
+        return Ok(());
+    }
+    let base: serde_json::Map<String, serde_json::Value> = serde_json::from_str(shared.get())
+        .map_err(|e| InputError::Payload(format!("--payload: not a JSON object: {e}")))?;
+    if base.get("aps").is_some_and(|aps| !aps.is_object()) {
+        return Err(InputError::Payload(
+            "--payload: its aps is not an object, so the alert column cannot be set in it".into(),
+        ));
+    }
+    for item in items.iter_mut() {
+        if let Some(alert) = &item.alert {
+            item.payload = Some(with_alert(&base, alert));
+        }
+    }
+    Ok(())
+}
+
+/// `base` with `aps.alert` set to `alert` (`base`'s `aps` is an object or absent).
+fn with_alert(base: &serde_json::Map<String, serde_json::Value>, alert: &str) -> Box<RawValue> {
+    let mut payload = base.clone();
+    let aps = payload
+        .entry("aps")
+        .or_insert_with(|| serde_json::Value::Object(serde_json::Map::new()));
+    if let Some(aps) = aps.as_object_mut() {
+        aps.insert("alert".to_owned(), serde_json::Value::from(alert));
+    }
+    let json = serde_json::Value::Object(payload).to_string();
+    // A serialized `Value` is always valid JSON.
+    RawValue::from_string(json).unwrap_or_else(|_| empty_object())
 }
 
 /// Checks `--payload JSON`: a JSON object, kept byte for byte.
@@ -375,6 +417,7 @@ fn csv_item(fields: &[String], columns: Option<&[Column]>) -> Result<Item, Strin
             Column::Alert => {
                 if !value.is_empty() {
                     item.payload = Some(alert_payload(value));
+                    item.alert = Some(value.to_owned());
                 }
             }
             Column::Topic => item.options.topic = text(),
@@ -509,6 +552,7 @@ fn parse_json_line(line: &str) -> Result<Item, String> {
     Ok(Item {
         token: parsed.token,
         payload: Some(parsed.payload),
+        alert: None,
         options: parsed.options,
         line: None,
     })
@@ -541,6 +585,28 @@ mod tests {
         assert_eq!(items[0].options.priority, Some(5));
         assert!(items[1].payload.is_none());
         assert_eq!(items[1].options.priority, None);
+    }
+
+    /// A shared `--payload` keeps its keys when a row has an alert: the alert goes into its aps (the badge
+    /// stays), a row without one takes the payload as given, and an aps that is no object is refused.
+    #[test]
+    fn an_alert_column_is_set_in_the_shared_payload() {
+        let mut items = csv("token,alert\naa,Hi\nbb,\n").unwrap();
+        let shared = parse_payload(r#"{"aps":{"badge":1},"x":2}"#).unwrap();
+        merge_alerts(&mut items, &shared).unwrap();
+        assert_eq!(
+            items[0].payload.as_ref().map(|p| p.get()),
+            Some(r#"{"aps":{"alert":"Hi","badge":1},"x":2}"#)
+        );
+        assert!(items[1].payload.is_none(), "the shared payload as given");
+        let mut items = csv("token,alert\naa,Hi\n").unwrap();
+        merge_alerts(&mut items, &parse_payload(r#"{"x":2}"#).unwrap()).unwrap();
+        assert_eq!(
+            items[0].payload.as_ref().map(|p| p.get()),
+            Some(r#"{"aps":{"alert":"Hi"},"x":2}"#)
+        );
+        let err = merge_alerts(&mut items, &parse_payload(r#"{"aps":1}"#).unwrap()).unwrap_err();
+        assert!(err.to_string().contains("aps is not an object"), "{err}");
     }
 
     #[test]

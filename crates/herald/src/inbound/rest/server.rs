@@ -25,7 +25,6 @@
 
 use std::io;
 use std::net::SocketAddr;
-use std::path::Path;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -38,8 +37,6 @@ use herald_conf::ListenerSettings;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
@@ -53,14 +50,12 @@ use crate::inbound::doors::{AddressLists, Busy, ConnGuard, ConnLimiter, DoorLimi
 /// Why the listener's TLS configuration could not be built.
 #[derive(Debug, thiserror::Error)]
 pub enum TlsSetupError {
-    #[error("tls_certificate is set but tls_key is not (or the reverse); set both for HTTPS")]
+    #[error(
+        "tls_key is set but tls_certificate is not; set tls_certificate (its file may hold the key too)"
+    )]
     Incomplete,
-    #[error("cannot read {path}: {source}")]
-    Read { path: String, source: io::Error },
-    #[error("{path}: no PEM certificate in the file ({detail})")]
-    Certificate { path: String, detail: String },
-    #[error("{path}: no usable PEM private key in the file ({detail})")]
-    Key { path: String, detail: String },
+    #[error(transparent)]
+    Identity(crate::inbound::smtp::tls::TlsSetupError),
     #[error("the certificate and key do not make a TLS server identity: {0}")]
     Rustls(#[from] rustls::Error),
 }
@@ -116,43 +111,15 @@ pub fn tls_server(settings: &ListenerSettings) -> Result<Option<TlsServer>, TlsS
 pub fn certified_key(
     settings: &ListenerSettings,
 ) -> Result<Option<Arc<rustls::sign::CertifiedKey>>, TlsSetupError> {
-    let (cert, key) = match (&settings.tls_certificate, &settings.tls_key) {
-        (None, None) => return Ok(None),
-        (Some(c), Some(k)) => (c, k),
-        _ => return Err(TlsSetupError::Incomplete),
-    };
-    let chain = read(cert).and_then(|pem| {
-        let chain = CertificateDer::pem_slice_iter(&pem)
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| TlsSetupError::Certificate {
-                path: cert.display().to_string(),
-                detail: e.to_string(),
-            })?;
-        if chain.is_empty() {
-            return Err(TlsSetupError::Certificate {
-                path: cert.display().to_string(),
-                detail: "the file holds no CERTIFICATE block".into(),
-            });
-        }
-        Ok(chain)
-    })?;
-    let key = read(key).and_then(|pem| {
-        PrivateKeyDer::from_pem_slice(&pem).map_err(|e| TlsSetupError::Key {
-            path: key.display().to_string(),
-            detail: e.to_string(),
-        })
-    })?;
-    let provider = rustls::crypto::aws_lc_rs::default_provider();
-    Ok(Some(Arc::new(rustls::sign::CertifiedKey::from_der(
-        chain, key, &provider,
-    )?)))
-}
-
-fn read(path: &Path) -> Result<Vec<u8>, TlsSetupError> {
-    std::fs::read(path).map_err(|source| TlsSetupError::Read {
-        path: path.display().to_string(),
-        source,
-    })
+    match (&settings.tls_certificate, &settings.tls_key) {
+        (None, None) => Ok(None),
+        // herald-conf refuses this when the configuration loads.
+        (None, Some(_)) => Err(TlsSetupError::Incomplete),
+        // One rule for every listener: without tls_key, the certificate file holds the key too.
+        (Some(cert), key) => crate::inbound::smtp::tls::certified_key(cert, key.as_deref())
+            .map(Some)
+            .map_err(TlsSetupError::Identity),
+    }
 }
 
 /// Serves the REST API of one `http_listener` `listen` stanza until `shutdown` is cancelled, then waits for
