@@ -14,6 +14,13 @@
 //! either, and deletes them. A spool stopped while its store refuses writes lists there the removals still waiting
 //! too (as many as there is room for), so that the notifications delivered meanwhile are not sent again either.
 //!
+//! The writer stamps each operation it makes on the disk (a commit's write and fsync, an fsync, a reopen, a
+//! measurement of the store, a rewrite of [`REFUSED_FILE`]) with the time it started ([`DiskWatch`]). One that has
+//! not returned after [`SpoolOptions::stall_after`] (a frozen file system, a disk or network volume that stopped
+//! answering) makes the spool report itself stalled without waiting on the disk: [`Spool::stats`] says unwritable,
+//! [`Spool::write_error`] names the stuck operation and its age, and new appends are refused at once rather than
+//! queued behind it. A watcher thread logs a warning when the stall starts and another when it ends.
+//!
 //! Recovery ([`Spool::recover_each`]) hands every readable record to its visitor, deletes the damaged ones (and the
 //! schedules of records that are gone), and keeps, without delivering them, the records a newer herald wrote
 //! ([`crate::DecodeError::is_newer_format`]), so that going back to an older herald loses nothing.
@@ -23,7 +30,7 @@ use std::io;
 use std::ops::ControlFlow;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -65,7 +72,17 @@ pub struct SpoolOptions {
     /// How long dropping the spool waits for its writer thread to commit what is pending and stop; a writer still
     /// inside a commit then (a disk that does not answer) is left behind, with an error in the log.
     pub stop_wait: Duration,
+    /// How long one operation of the writer on the disk (a commit's write and fsync, also when it waits for the
+    /// store's background work, an fsync, a reopen) may go without returning before the spool counts its disk as
+    /// stalled ([`STALL_AFTER`] by default): appends are refused at once, and the stats say unwritable, until it
+    /// returns.
+    pub stall_after: Duration,
 }
+
+/// The default [`SpoolOptions::stall_after`]: far above what a healthy disk takes for a write and its fsync (a few
+/// milliseconds; a busy one, a few hundred), well below the 20 to 30 seconds a sender or a load balancer waits for an
+/// answer before it gives up on this node.
+pub const STALL_AFTER: Duration = Duration::from_secs(5);
 
 impl Default for SpoolOptions {
     fn default() -> Self {
@@ -77,6 +94,7 @@ impl Default for SpoolOptions {
             retry_interval: Duration::from_secs(1),
             store: FjallOptions::default(),
             stop_wait: Duration::from_secs(10),
+            stall_after: STALL_AFTER,
         }
     }
 }
@@ -128,11 +146,169 @@ struct Counters {
     last_error: Mutex<Option<SpoolError>>,
 }
 
+/// An operation of the writer thread on the disk, as [`DiskWatch`] names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+enum DiskWork {
+    Commit = 0,
+    Sync = 1,
+    Reopen = 2,
+    Measure = 3,
+    ListRefused = 4,
+}
+
+impl DiskWork {
+    fn from_u8(n: u8) -> DiskWork {
+        match n {
+            1 => DiskWork::Sync,
+            2 => DiskWork::Reopen,
+            3 => DiskWork::Measure,
+            4 => DiskWork::ListRefused,
+            _ => DiskWork::Commit,
+        }
+    }
+
+    /// What is stuck, for the stall's error and log lines.
+    fn stuck(self) -> &'static str {
+        match self {
+            DiskWork::Commit => "a commit is stuck in write/fsync",
+            DiskWork::Sync => "an fsync is stuck",
+            DiskWork::Reopen => "reopening the store is stuck",
+            DiskWork::Measure => "measuring the store is stuck",
+            DiskWork::ListRefused => "rewriting the list of refused keys is stuck",
+        }
+    }
+}
+
+/// The context of the error [`Spool::write_error`] gives while the disk is stalled.
+const STALL_CONTEXT: &str = "waiting for its disk";
+
+/// The writer thread's operation on the disk under way, if any, and since when: read by other threads, without
+/// waiting on the disk, to tell a write that does not return ([`SpoolOptions::stall_after`]).
+#[derive(Debug)]
+struct DiskWatch {
+    epoch: Instant,
+    /// When the operation under way started, in milliseconds since `epoch` plus one; 0 while there is none.
+    started: AtomicU64,
+    /// Which operation that is ([`DiskWork`]).
+    work: AtomicU8,
+    stall_after: Duration,
+}
+
+/// An operation on the disk that has not returned for at least [`SpoolOptions::stall_after`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Stall {
+    work: DiskWork,
+    /// [`DiskWatch::started`] of the operation, which tells it from the next one.
+    stamp: u64,
+    age: Duration,
+}
+
+impl Stall {
+    fn error(&self) -> SpoolError {
+        SpoolError::Storage {
+            context: STALL_CONTEXT,
+            detail: format!(
+                "the spool's disk has not completed a write for {} s ({})",
+                self.age.as_secs(),
+                self.work.stuck()
+            ),
+            temporary: true,
+        }
+    }
+}
+
+impl DiskWatch {
+    fn new(stall_after: Duration) -> DiskWatch {
+        DiskWatch {
+            epoch: Instant::now(),
+            started: AtomicU64::new(0),
+            work: AtomicU8::new(DiskWork::Commit as u8),
+            stall_after,
+        }
+    }
+
+    /// Runs `f`, an operation of the writer thread on the disk, stamped as under way.
+    fn during<T>(&self, work: DiskWork, f: impl FnOnce() -> T) -> T {
+        self.work.store(work as u8, Ordering::Relaxed);
+        let stamp = self.epoch.elapsed().as_millis() as u64 + 1;
+        self.started.store(stamp, Ordering::Release);
+        let out = f();
+        self.started.store(0, Ordering::Release);
+        out
+    }
+
+    /// The operation under way, stamped and with its age, if there is one.
+    fn current(&self) -> Option<Stall> {
+        let stamp = self.started.load(Ordering::Acquire);
+        if stamp == 0 {
+            return None;
+        }
+        let since = Duration::from_millis(stamp - 1);
+        Some(Stall {
+            work: DiskWork::from_u8(self.work.load(Ordering::Relaxed)),
+            stamp,
+            age: self.epoch.elapsed().saturating_sub(since),
+        })
+    }
+
+    /// The operation under way, when it has gone without returning for [`SpoolOptions::stall_after`] or longer.
+    fn stalled(&self) -> Option<Stall> {
+        self.current().filter(|s| s.age >= self.stall_after)
+    }
+
+    /// How often [`watch_stalls`] looks.
+    fn tick(&self) -> Duration {
+        (self.stall_after / 4).clamp(Duration::from_millis(10), Duration::from_secs(1))
+    }
+}
+
+/// The watcher thread: logs a warning when an operation of the writer on the disk has gone without returning for
+/// [`SpoolOptions::stall_after`], and another when it returns. Returns when the spool is dropped (`stop` closes).
+fn watch_stalls(watch: Arc<DiskWatch>, stop: Receiver<()>) {
+    let mut reported: Option<Stall> = None;
+    loop {
+        match stop.recv_timeout(watch.tick()) {
+            Err(RecvTimeoutError::Timeout) => {}
+            Ok(()) | Err(RecvTimeoutError::Disconnected) => return,
+        }
+        if let Some(stall) = reported {
+            if watch.current().is_some_and(|now| now.stamp == stall.stamp) {
+                continue;
+            }
+            tracing::warn!(
+                "spool: the disk answers again: the stuck operation ({}) returned after about {} s; intake \
+                 resumes unless the write failed",
+                stall.work.stuck(),
+                watch
+                    .epoch
+                    .elapsed()
+                    .saturating_sub(Duration::from_millis(stall.stamp - 1))
+                    .as_secs()
+            );
+            reported = None;
+        }
+        if let Some(stall) = watch.stalled() {
+            tracing::warn!(
+                "spool: not ready for intake: the spool's disk has not completed a write for {} s ({}); new \
+                 notifications are refused until it does, held ones are still delivered",
+                stall.age.as_secs(),
+                stall.work.stuck()
+            );
+            reported = Some(stall);
+        }
+    }
+}
+
 /// The durable spool: an [`Engine`] (fjall by default) behind a group-committing writer thread.
 pub struct DiskSpool<E: Engine = FjallEngine> {
     engine: Arc<E>,
     ops: Sender<Op>,
     counters: Arc<Counters>,
+    /// The writer's operation on the disk under way, to tell one that does not return.
+    watch: Arc<DiskWatch>,
+    /// Dropped with the spool: stops the thread that logs stalls ([`watch_stalls`]).
+    _watch_stop: Sender<()>,
     keys: KeyGenerator,
     /// The greatest key stored at open (records or schedules) or listed in [`REFUSED_FILE`]: what recovery reads up
     /// to, and what every key issued afterwards must be above. A listed key may be gone from the store already, but
@@ -261,11 +437,13 @@ impl<E: Engine> DiskSpool<E> {
             .max(refused.iter().max().copied());
         let keys = KeyGenerator::new(recovery_bound);
         let counters = Arc::new(Counters::default());
+        let watch = Arc::new(DiskWatch::new(options.stall_after));
         let (tx, rx) = mpsc::channel();
         let (stopped, writer_stopped) = mpsc::channel();
         let writer = Writer {
             engine: Arc::clone(&engine),
             counters: Arc::clone(&counters),
+            watch: Arc::clone(&watch),
             options,
             rx,
             pending: CommitBatch::default(),
@@ -302,10 +480,18 @@ impl<E: Engine> DiskSpool<E> {
             .name("spool-writer".into())
             .spawn(move || writer.run())
             .map_err(|e| SpoolError::from_io("starting the spool writer thread", e))?;
+        let (watch_stop, watch_stopped) = mpsc::channel();
+        let watcher = Arc::clone(&watch);
+        std::thread::Builder::new()
+            .name("spool-stall-watch".into())
+            .spawn(move || watch_stalls(watcher, watch_stopped))
+            .map_err(|e| SpoolError::from_io("starting the spool's stall watcher thread", e))?;
         Ok(DiskSpool {
             engine,
             ops: tx,
             counters,
+            watch,
+            _watch_stop: watch_stop,
             keys,
             recovery_bound,
             writer: Mutex::new(Some((handle, writer_stopped))),
@@ -319,6 +505,12 @@ impl<E: Engine> DiskSpool<E> {
     /// The engine (for its name and size; tests write to it directly).
     pub fn engine(&self) -> &E {
         &self.engine
+    }
+
+    /// How long the writer's operation on the disk under way has gone without returning, once that is
+    /// [`SpoolOptions::stall_after`] or longer (`None` otherwise). Never waits on the disk.
+    pub fn disk_stalled_for(&self) -> Option<Duration> {
+        self.watch.stalled().map(|s| s.age)
     }
 
     /// Reschedules waiting for a commit: one per notification (the latest), at most
@@ -347,6 +539,12 @@ impl<E: Engine> Spool for DiskSpool<E> {
     fn append(&self, batch: Vec<StoredNotification>) -> SpoolFuture<()> {
         if batch.is_empty() {
             return Box::pin(async { Ok(()) });
+        }
+        // Refused at once while the disk does not answer, rather than queued behind the stuck operation: the
+        // sender tries again (another node) instead of waiting until it gives up.
+        if let Some(stall) = self.watch.stalled() {
+            let refused = stall.error();
+            return Box::pin(async move { Err(refused) });
         }
         let records: Vec<(SpoolKey, Vec<u8>)> = batch.iter().map(|n| (n.key, n.encode())).collect();
         let bytes = records.iter().map(|(_, v)| v.len() + 16).sum();
@@ -555,8 +753,10 @@ impl<E: Engine> Spool for DiskSpool<E> {
         Ok(report)
     }
 
+    /// Also unwritable while an operation on the disk has not returned for [`SpoolOptions::stall_after`].
     fn stats(&self) -> SpoolStats {
         let c = &self.counters;
+        let stalled = self.watch.stalled().is_some();
         SpoolStats {
             records: c.records.load(Ordering::Relaxed),
             bytes_on_disk: self.engine.disk_bytes(),
@@ -566,13 +766,17 @@ impl<E: Engine> Spool for DiskSpool<E> {
             appended: c.appended.load(Ordering::Relaxed),
             rescheduled: c.rescheduled.load(Ordering::Relaxed),
             removed: c.removed.load(Ordering::Relaxed),
-            unwritable: c.unwritable.load(Ordering::Relaxed),
+            unwritable: stalled || c.unwritable.load(Ordering::Relaxed),
             disk_full: c.disk_full.load(Ordering::Relaxed),
             pending_removals: c.pending_removals.load(Ordering::Relaxed),
         }
     }
 
+    /// While the disk is stalled: the stuck operation and how long it has gone without returning.
     fn write_error(&self) -> Option<SpoolError> {
+        if let Some(stall) = self.watch.stalled() {
+            return Some(stall.error());
+        }
         self.counters.last_error.lock().ok().and_then(|e| e.clone())
     }
 
@@ -622,6 +826,8 @@ impl<E: Engine> Drop for DiskSpool<E> {
 struct Writer<E: Engine> {
     engine: Arc<E>,
     counters: Arc<Counters>,
+    /// Every operation on the disk is stamped here while under way.
+    watch: Arc<DiskWatch>,
     options: SpoolOptions,
     rx: Receiver<Op>,
     /// Removals not yet committed (its `schedules` are empty but within [`Writer::commit`]).
@@ -673,7 +879,8 @@ impl<E: Engine> Writer<E> {
         loop {
             // Measured here, not where the size is read (async threads): measuring may wait for the store.
             if Instant::now() >= self.refresh_at {
-                self.engine.refresh_disk_bytes();
+                self.watch
+                    .during(DiskWork::Measure, || self.engine.refresh_disk_bytes());
                 self.refresh_at = Instant::now() + DISK_BYTES_REFRESH;
             }
             // While the store refuses writes, pending maintenance waits for the next retry, not for its interval.
@@ -811,7 +1018,7 @@ impl<E: Engine> Writer<E> {
             let refusal = if !due {
                 Some(error.clone())
             } else {
-                match self.engine.reopen() {
+                match self.watch.during(DiskWork::Reopen, || self.engine.reopen()) {
                     Ok(()) => None,
                     Err(e) => {
                         tracing::debug!(error = %e, "spool: still not writable");
@@ -846,9 +1053,10 @@ impl<E: Engine> Writer<E> {
             || group.close.is_some()
             || !self.unpurged.is_empty();
         let result = if !batch.is_empty() {
-            self.engine.commit(&batch)
+            self.watch
+                .during(DiskWork::Commit, || self.engine.commit(&batch))
         } else if batch.sync && self.unsynced {
-            self.engine.sync()
+            self.watch.during(DiskWork::Sync, || self.engine.sync())
         } else {
             Ok(())
         };
@@ -879,7 +1087,7 @@ impl<E: Engine> Writer<E> {
                     // Every refused key is in this synced commit's deletions (they stay pending until one succeeds).
                     self.unpurged.clear();
                     if let Some(log) = &mut self.refusals
-                        && let Err(e) = log.clear()
+                        && let Err(e) = self.watch.during(DiskWork::ListRefused, || log.clear())
                     {
                         tracing::warn!(
                             "spool: cannot clear {}: {e}; the next start deletes again what is already deleted",
@@ -1016,8 +1224,9 @@ impl<E: Engine> Writer<E> {
     /// Writes `unpurged` to [`REFUSED_FILE`]; why not all of it, when it cannot.
     fn list_unpurged(&mut self) -> Result<(), String> {
         let listed = match &mut self.refusals {
-            Some(log) => log
-                .write(&self.unpurged)
+            Some(log) => self
+                .watch
+                .during(DiskWork::ListRefused, || log.write(&self.unpurged))
                 .map_err(|e| format!("cannot write {}: {e}", log.path.display())),
             // A spool without a directory, or whose file could not be opened (said at open).
             None => return Ok(()),

@@ -234,8 +234,8 @@ pub fn render(engine: &Engine, extra: &Extra) -> String {
         header(
             &mut out,
             "herald_spool_writable",
-            "1 while the spool takes writes; 0 while it refuses new notifications (disk full or I/O error) and \
-             retries in the background.",
+            "1 while the spool takes writes; 0 while it refuses new notifications (disk full or I/O error, or a \
+             write its disk has not completed for 5 s or more) and retries in the background.",
             "gauge",
         );
         let _ = writeln!(out, "herald_spool_writable {}", u8::from(h.writable));

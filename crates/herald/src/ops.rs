@@ -123,9 +123,11 @@ pub fn routes(
 const NOT_READY_RETRY_AFTER: &str = "30";
 
 /// `GET /readyz`: `200 ready` while herald takes new notifications; `503` with the JSON error body while the spool
-/// refuses writes (held notifications are still delivered meanwhile, and intake resumes by itself). Runs on an async
-/// thread: `Spool::stats` only reads what the spool's writer measured (it never waits for the disk, which may hold a
-/// write in its fsync for as long as a failing device takes).
+/// refuses writes (held notifications are still delivered meanwhile, and intake resumes by itself): a full disk, a
+/// failed write, or a write its disk has not completed for `SpoolOptions::stall_after` (the cause names it and its
+/// age). Runs on an async thread: `Spool::stats` and `Spool::write_error` only read what the spool's writer measured
+/// and when its write under way started (they never wait for the disk, which may hold a write in its fsync for as
+/// long as a failing device takes).
 fn readiness(spool: &dyn Spool) -> Response {
     let stats = spool.stats();
     if !stats.unwritable {
@@ -324,9 +326,144 @@ pub(crate) fn percent_decode(s: &str) -> String {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::tokens::InvalidTokenEntry;
+    use std::ops::ControlFlow;
+    use std::sync::{Condvar, Mutex};
+    use std::time::Duration;
+
+    use herald_spool::{
+        CommitBatch, DiskSpool, Engine as StoreEngine, SpoolError, SpoolKey, SpoolOptions, Table,
+    };
+
+    /// A store whose commits wait until [`StuckDisk::answer`]: a disk that stops answering in a write.
+    #[derive(Clone, Default)]
+    pub(crate) struct StuckDisk(Arc<(Mutex<bool>, Condvar)>);
+
+    impl StuckDisk {
+        /// Lets the commits waiting, and every later one, return.
+        pub(crate) fn answer(&self) {
+            *self.0.0.lock().unwrap() = true;
+            self.0.1.notify_all();
+        }
+    }
+
+    impl StoreEngine for StuckDisk {
+        fn name(&self) -> &'static str {
+            "stuck"
+        }
+        fn commit(&self, _batch: &CommitBatch) -> Result<(), SpoolError> {
+            let mut answered = self.0.0.lock().unwrap();
+            while !*answered {
+                answered = self.0.1.wait(answered).unwrap();
+            }
+            Ok(())
+        }
+        fn sync(&self) -> Result<(), SpoolError> {
+            Ok(())
+        }
+        fn scan(
+            &self,
+            _table: Table,
+            _upto: SpoolKey,
+            _visit: &mut dyn FnMut(SpoolKey, &[u8]) -> ControlFlow<()>,
+        ) -> Result<(), SpoolError> {
+            Ok(())
+        }
+        fn last_key(&self, _table: Table) -> Result<Option<SpoolKey>, SpoolError> {
+            Ok(None)
+        }
+        fn disk_bytes(&self) -> u64 {
+            0
+        }
+    }
+
+    /// A spool over a [`StuckDisk`] that counts a write as stalled after 100 ms.
+    pub(crate) fn spool_on_stuck_disk() -> (Arc<DiskSpool<StuckDisk>>, StuckDisk) {
+        let disk = StuckDisk::default();
+        let options = SpoolOptions {
+            stall_after: Duration::from_millis(100),
+            ..SpoolOptions::default()
+        };
+        let spool = DiskSpool::with_engine(disk.clone(), options).unwrap();
+        (Arc::new(spool), disk)
+    }
+
+    /// A notification to spool.
+    pub(crate) fn sample(key: SpoolKey) -> herald_spool::StoredNotification {
+        herald_spool::StoredNotification {
+            key,
+            domain: "stuck.example".into(),
+            token: vec![7; 32],
+            topic: None,
+            push_type: None,
+            priority: None,
+            expiration: None,
+            collapse_id: None,
+            apns_id: None,
+            binding: None,
+            payload: br#"{"aps":{"alert":"stuck"}}"#.to_vec(),
+            sender: "sender@example.com".into(),
+            recipient: "0707@stuck.example".into(),
+            received_at: 1_790_000_000,
+            batch_id: 1,
+            conn_id: 1,
+            retries: 0,
+            next_attempt_ms: 0,
+        }
+    }
+
+    /// Polls `cond` every few milliseconds; panics after 30 s.
+    pub(crate) async fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while !cond() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "timed out waiting for {what}"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    /// A write the spool's disk does not complete turns `/readyz` to 503 naming it and its age, without waiting for
+    /// the disk; it turns 200 again once the write returns.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn readiness_is_503_naming_a_write_the_disk_does_not_complete() {
+        let (spool, disk) = spool_on_stuck_disk();
+        assert_eq!(readiness(&*spool).status(), StatusCode::OK);
+        let stuck = tokio::spawn(spool.append(vec![sample(spool.next_key())]));
+        wait_for("/readyz to say 503", || {
+            readiness(&*spool).status() == StatusCode::SERVICE_UNAVAILABLE
+        })
+        .await;
+        let response = readiness(&*spool);
+        assert_eq!(
+            response
+                .headers()
+                .get(axum::http::header::RETRY_AFTER)
+                .unwrap(),
+            NOT_READY_RETRY_AFTER
+        );
+        let (_, body) = body_of(response).await;
+        let error = body["error"].as_str().unwrap();
+        assert!(error.starts_with("not ready for intake: "), "{error}");
+        assert!(
+            error.contains("the spool's disk has not completed a write for "),
+            "{error}"
+        );
+        assert!(
+            error.contains("(a commit is stuck in write/fsync)"),
+            "{error}"
+        );
+        assert_eq!(body["spool_disk_full"], false);
+        disk.answer();
+        stuck.await.unwrap().unwrap();
+        wait_for("/readyz to say 200 again", || {
+            readiness(&*spool).status() == StatusCode::OK
+        })
+        .await;
+    }
 
     fn store_with(entries: &[(&str, &str, u64)]) -> (tempfile::TempDir, Arc<InvalidTokenStore>) {
         let dir = tempfile::tempdir().unwrap();

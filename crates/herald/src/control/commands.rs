@@ -653,15 +653,7 @@ fn summary(server: &dyn ServerHandle) -> String {
     );
     row(&mut out, "Uptime", duration_words(s.uptime));
     let spool = server.spool().stats();
-    let state = if !spool.unwritable {
-        "writable".to_owned()
-    } else if spool.disk_full {
-        "refusing new notifications: disk full (held ones are still delivered)".to_owned()
-    } else {
-        "refusing new notifications: the store refuses writes (held ones are still delivered)"
-            .to_owned()
-    };
-    row(&mut out, "Spool State", state);
+    row(&mut out, "Spool State", spool_state(server.spool()));
     row(&mut out, "Spool Pending Removals", spool.pending_removals);
     if let Some(j) = server.spool().stream_stats() {
         row(
@@ -680,6 +672,27 @@ fn summary(server: &dyn ServerHandle) -> String {
         row(&mut out, "Stream Held By This Node", j.held);
     }
     out
+}
+
+/// The summary's `Spool State`: `writable`, or `refusing new notifications: …` with the cause (a full disk; else
+/// what the spool says, such as a write its disk has not completed for some seconds, or a failed one).
+fn spool_state(spool: &dyn herald_spool::Spool) -> String {
+    let stats = spool.stats();
+    if !stats.unwritable {
+        return "writable".to_owned();
+    }
+    if stats.disk_full {
+        return "refusing new notifications: disk full (held ones are still delivered)".to_owned();
+    }
+    match spool.write_error() {
+        Some(cause) => {
+            format!("refusing new notifications: {cause} (held ones are still delivered)")
+        }
+        None => {
+            "refusing new notifications: the store refuses writes (held ones are still delivered)"
+                .to_owned()
+        }
+    }
 }
 
 /// Boxed: reloading may start a control listener, whose connections run this very function.
@@ -1076,6 +1089,35 @@ fn invalid_tokens(server: &dyn ServerHandle, domain: Option<&str>, since: Option
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The summary's `Spool State` names a write the spool's disk has not completed, and says `writable` again
+    /// once it returns.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_spool_state_names_a_write_the_disk_does_not_complete() {
+        use crate::ops::tests::{sample, spool_on_stuck_disk, wait_for};
+        use herald_spool::Spool as _;
+        let (spool, disk) = spool_on_stuck_disk();
+        assert_eq!(spool_state(&*spool), "writable");
+        let stuck = tokio::spawn(spool.append(vec![sample(spool.next_key())]));
+        wait_for("the spool state to change", || {
+            spool_state(&*spool) != "writable"
+        })
+        .await;
+        let state = spool_state(&*spool);
+        assert!(
+            state.starts_with("refusing new notifications: ")
+                && state.contains("the spool's disk has not completed a write for ")
+                && state.contains("(a commit is stuck in write/fsync)")
+                && state.ends_with("(held ones are still delivered)"),
+            "{state}"
+        );
+        disk.answer();
+        stuck.await.unwrap().unwrap();
+        wait_for("the spool state to be writable again", || {
+            spool_state(&*spool) == "writable"
+        })
+        .await;
+    }
 
     #[test]
     fn a_password_is_taken_as_written() {
