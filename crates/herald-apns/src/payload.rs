@@ -22,6 +22,7 @@ mod infer;
 mod strict;
 
 use crate::binary::BinaryFormat;
+use crate::broadcast::ChannelId;
 use crate::push::{Priority, Protocol, PushType};
 pub use infer::{infer_push_type, infer_push_type_for};
 use strict::{Json, Object};
@@ -76,6 +77,10 @@ pub enum PayloadError {
         key: &'static str,
         context: &'static str,
     },
+    /// A Live Activity's `input-push-channel` that is no channel id ([`ChannelId::parse`]); `detail` is the
+    /// channel id error's text.
+    #[error("{key} must be a broadcast channel id: {detail}")]
+    BadInputPushChannel { key: String, detail: String },
     #[error("a background push may hold only content-available: 1 in aps, but it has {key:?}")]
     BackgroundExtraKey { key: String },
     #[error("priority {priority} is not allowed here: {why}")]
@@ -411,7 +416,8 @@ fn check_aps_types(aps: &Object<'_>, push_type: PushType) -> Result<(), PayloadE
             "badge" => expect_non_negative_integer(value, path)?,
             "sound" => check_sound(value)?,
             "thread-id" | "category" | "target-content-id" | "filter-criteria"
-            | "attributes-type" | "input-push-channel" => expect_string(value, path)?,
+            | "attributes-type" => expect_string(value, path)?,
+            "input-push-channel" => expect_channel_id(value, path)?,
             "content-available" | "mutable-content" => expect_flag(value, path)?,
             "interruption-level" => {
                 expect_string(value, path)?;
@@ -551,6 +557,19 @@ fn expect_string(value: &Json<'_>, path: impl Fn() -> String) -> Result<(), Payl
             expected: "a string",
             found: other.type_name(),
         }),
+    }
+}
+
+/// A string that [`ChannelId::parse`] takes: `input-push-channel` names the broadcast channel a started Live
+/// Activity listens to, an id APNs handed out like any other (docs/apns-protocol.md#aps-keys).
+fn expect_channel_id(value: &Json<'_>, path: impl Fn() -> String) -> Result<(), PayloadError> {
+    expect_string(value, &path)?;
+    match value.as_str().map(ChannelId::parse) {
+        Some(Err(e)) => Err(PayloadError::BadInputPushChannel {
+            key: path(),
+            detail: e.to_string(),
+        }),
+        _ => Ok(()),
     }
 }
 
@@ -786,6 +805,36 @@ mod tests {
         );
     }
 
+    /// apns.md line 423: a start's `input-push-channel` is the id of a broadcast channel, so it is held to what a
+    /// channel id is (apns.md lines 473, 505): base64 text, refused naming the key otherwise.
+    #[test]
+    fn input_push_channel_is_a_channel_id() {
+        let start = |channel: &str| {
+            format!(
+                r#"{{"aps":{{"timestamp":1,"event":"start","alert":"a","attributes-type":"A","attributes":{{}},"content-state":{{}},"input-push-channel":{channel}}}}}"#
+            )
+        };
+        ok(
+            &start(r#""dHN0LWNoYW5uZWw=""#),
+            LiveActivity,
+            Http2,
+            Immediate,
+        );
+        for bad in [r#""!!""#, r#""A""#, r#""A===""#, r#""""#] {
+            let e = err(&start(bad), LiveActivity, Http2, Immediate);
+            assert!(
+                matches!(&e, PayloadError::BadInputPushChannel { key, .. } if key == "aps.input-push-channel"),
+                "{bad}: {e}"
+            );
+            assert!(
+                e.to_string().starts_with(
+                    "aps.input-push-channel must be a broadcast channel id: channel id"
+                ),
+                "{e}"
+            );
+        }
+    }
+
     /// docs/apns-protocol.md#rule-8: APNs ignores the Live Activity keys in the `aps` of other push types, so an
     /// alert (or any other push type's `aps`) may carry them with any value; in a `liveactivity` push the same keys
     /// are still checked, and refused naming the key.
@@ -801,6 +850,7 @@ mod tests {
             (r#""dismissal-date":"soon""#, "aps.dismissal-date"),
             (r#""input-push-token":"yes""#, "aps.input-push-token"),
             (r#""input-push-channel":7"#, "aps.input-push-channel"),
+            (r#""input-push-channel":"!!""#, "aps.input-push-channel"),
         ];
         for (field, key) in cases {
             let stray = format!(r#"{{"aps":{{"alert":"x",{field}}}}}"#);
@@ -825,7 +875,8 @@ mod tests {
             let named = match &e {
                 PayloadError::WrongType { key, .. }
                 | PayloadError::BadValue { key, .. }
-                | PayloadError::TimeInMilliseconds { key, .. } => key.as_str(),
+                | PayloadError::TimeInMilliseconds { key, .. }
+                | PayloadError::BadInputPushChannel { key, .. } => key.as_str(),
                 other => panic!("{live}: {other}"),
             };
             assert_eq!(named, key, "{live}: {e}");

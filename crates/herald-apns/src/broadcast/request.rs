@@ -35,11 +35,18 @@ pub enum RequestError {
     BadBundleId(String),
     #[error("channel id is empty")]
     EmptyChannelId,
+    /// The id, shortened for the text, and its length in characters.
     #[error(
-        "channel id {0:?} is not base64 (at most {max} characters of A-Z a-z 0-9 + / =)",
+        "channel id {id:?} is {len} characters long; herald takes at most {max}",
         max = MAX_CHANNEL_ID_LEN
     )]
-    BadChannelId(String),
+    ChannelIdTooLong { id: String, len: usize },
+    /// The id, shortened for the text, and what keeps it from being base64.
+    #[error(
+        "channel id {id:?} is not base64: {fault} (APNs ids are standard base64: A-Z a-z 0-9 + /, padded with = \
+         to a multiple of 4 characters)"
+    )]
+    BadChannelId { id: String, fault: Base64Fault },
     #[error("priority {0} is not allowed for a broadcast (10, 5 or 1)")]
     BadPriority(u8),
     #[error("request id {0:?} is not a UUID")]
@@ -52,22 +59,92 @@ pub enum RequestError {
     Payload(#[from] PayloadError),
 }
 
+/// What keeps a channel id from being base64.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum Base64Fault {
+    #[error("character {found:?} at position {position} is outside the base64 alphabet")]
+    NotInAlphabet { found: char, position: usize },
+    #[error("'=' at position {position} is padding, which may only end the id")]
+    PaddingInside { position: usize },
+    #[error("it ends in {count} '=', where base64 pads with at most 2")]
+    TooMuchPadding { count: usize },
+    #[error("it is padded but {len} characters long, not a multiple of 4")]
+    PaddedLength { len: usize },
+    #[error(
+        "its {data} characters before any padding leave 1 over a group of 4, which encodes no byte"
+    )]
+    StrayCharacter { data: usize },
+}
+
+/// How much of a refused channel id its error text repeats.
+const ECHOED_CHANNEL_ID_CHARS: usize = 40;
+
+/// The start of `s` for an error text: at most [`ECHOED_CHANNEL_ID_CHARS`] characters, then `…` if there was more.
+fn echo(s: &str) -> String {
+    let mut chars = s.chars();
+    let mut shown: String = chars.by_ref().take(ECHOED_CHANNEL_ID_CHARS).collect();
+    if chars.next().is_some() {
+        shown.push('…');
+    }
+    shown
+}
+
+/// Every character of `s` is in the standard base64 alphabet or `=`.
+fn check_alphabet(s: &str) -> Result<(), Base64Fault> {
+    match s
+        .chars()
+        .enumerate()
+        .find(|&(_, c)| !(c.is_ascii_alphanumeric() || matches!(c, '+' | '/' | '=')))
+    {
+        Some((position, found)) => Err(Base64Fault::NotInAlphabet { found, position }),
+        None => Ok(()),
+    }
+}
+
+/// Whether `s`, already within the alphabet ([`check_alphabet`]), is laid out as base64 the way APNs hands channel
+/// ids out (docs/apns-protocol.md §6.2: `apns-channel-id` is base64; the simulator encodes 16 random bytes with the
+/// standard alphabet and padding): `=` only at the end and at most two of them, a padded id a whole number of
+/// 4-character groups. An unpadded id is taken too, as long as its length is one that base64 text can have (not 1
+/// over a group of 4).
+fn check_layout(s: &str) -> Result<(), Base64Fault> {
+    let data = s.trim_end_matches('=');
+    if let Some(position) = data.find('=') {
+        return Err(Base64Fault::PaddingInside { position });
+    }
+    let padding = s.len() - data.len();
+    if padding > 2 {
+        return Err(Base64Fault::TooMuchPadding { count: padding });
+    }
+    if padding > 0 && !s.len().is_multiple_of(4) {
+        return Err(Base64Fault::PaddedLength { len: s.len() });
+    }
+    if data.len() % 4 == 1 {
+        return Err(Base64Fault::StrayCharacter { data: data.len() });
+    }
+    Ok(())
+}
+
 /// A channel id: the opaque base64 string APNs chose when the channel was created.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ChannelId(String);
 
 impl ChannelId {
-    /// Checks the text: non-empty, base64 alphabet (standard, with padding), at most [`MAX_CHANNEL_ID_LEN`].
+    /// Checks the text: non-empty, base64 ([`check_alphabet`], [`check_layout`]), at most [`MAX_CHANNEL_ID_LEN`]
+    /// characters. A character outside the alphabet is named before the length, so that the length is counted in
+    /// ASCII characters.
     pub fn parse(s: &str) -> Result<ChannelId, RequestError> {
         if s.is_empty() {
             return Err(RequestError::EmptyChannelId);
         }
-        let ok = s.len() <= MAX_CHANNEL_ID_LEN
-            && s.bytes()
-                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'/' | b'='));
-        if !ok {
-            return Err(RequestError::BadChannelId(s.chars().take(64).collect()));
+        let not_base64 = |fault| RequestError::BadChannelId { id: echo(s), fault };
+        check_alphabet(s).map_err(not_base64)?;
+        if s.len() > MAX_CHANNEL_ID_LEN {
+            return Err(RequestError::ChannelIdTooLong {
+                id: echo(s),
+                len: s.len(),
+            });
         }
+        check_layout(s).map_err(not_base64)?;
         Ok(ChannelId(s.to_owned()))
     }
 
@@ -314,14 +391,96 @@ mod tests {
         assert_eq!(ChannelId::parse(""), Err(RequestError::EmptyChannelId));
         assert!(matches!(
             ChannelId::parse("a b"),
-            Err(RequestError::BadChannelId(_))
+            Err(RequestError::BadChannelId {
+                fault: Base64Fault::NotInAlphabet {
+                    found: ' ',
+                    position: 1
+                },
+                ..
+            })
         ));
         // APNs publishes no size: an id well past the 24 characters seen so far is one all the same.
         let long = "QUJD".repeat(100);
         assert_eq!(ChannelId::parse(&long).map(|c| c.header().len()), Ok(400));
         assert!(ChannelId::parse(&"A".repeat(MAX_CHANNEL_ID_LEN)).is_ok());
-        let e = ChannelId::parse(&"A".repeat(MAX_CHANNEL_ID_LEN + 1)).unwrap_err();
-        assert!(e.to_string().contains("at most 4096 characters"), "{e}");
+    }
+
+    /// The ids APNs and the simulator hand out: base64 of random bytes, standard alphabet, padded (apns.md line 473:
+    /// `apns-channel-id` is base64; line 461: no size to assume).
+    #[test]
+    fn generated_ids_parse() {
+        use base64::Engine;
+        for len in 1..=40 {
+            let bytes: Vec<u8> = (0..len).map(|i| (i * 37 + 251) as u8).collect();
+            let padded = base64::engine::general_purpose::STANDARD.encode(&bytes);
+            assert!(ChannelId::parse(&padded).is_ok(), "{padded}");
+            let bare = base64::engine::general_purpose::STANDARD_NO_PAD.encode(&bytes);
+            assert!(ChannelId::parse(&bare).is_ok(), "{bare}");
+        }
+        assert!(ChannelId::parse("+/+/").is_ok());
+    }
+
+    /// apns.md line 505: BadChannelId answers an id that is not properly encoded. Characters of the alphabet laid
+    /// out as no base64 text is are refused as well as characters outside it.
+    #[test]
+    fn ids_that_are_not_laid_out_as_base64_are_refused() {
+        let cases = [
+            ("A", Base64Fault::StrayCharacter { data: 1 }),
+            ("AAAAA", Base64Fault::StrayCharacter { data: 5 }),
+            ("A===", Base64Fault::TooMuchPadding { count: 3 }),
+            ("====", Base64Fault::TooMuchPadding { count: 4 }),
+            ("AAA==", Base64Fault::PaddedLength { len: 5 }),
+            ("AA=", Base64Fault::PaddedLength { len: 3 }),
+            ("AA=A", Base64Fault::PaddingInside { position: 2 }),
+            ("=AAA", Base64Fault::PaddingInside { position: 0 }),
+            (
+                "AB-_",
+                Base64Fault::NotInAlphabet {
+                    found: '-',
+                    position: 2,
+                },
+            ),
+        ];
+        for (id, fault) in cases {
+            assert_eq!(
+                ChannelId::parse(id),
+                Err(RequestError::BadChannelId {
+                    id: id.to_owned(),
+                    fault
+                }),
+                "{id}"
+            );
+        }
+        let e = ChannelId::parse("A===").unwrap_err().to_string();
+        assert!(
+            e.starts_with(r#"channel id "A===" is not base64: it ends in 3 '='"#),
+            "{e}"
+        );
+    }
+
+    /// A too-long id is refused for its length, with the length first and only the start of the id in the text.
+    #[test]
+    fn a_long_id_is_refused_for_its_length() {
+        let id = "A".repeat(5000);
+        let e = ChannelId::parse(&id).unwrap_err();
+        assert_eq!(
+            e,
+            RequestError::ChannelIdTooLong {
+                id: format!("{}…", "A".repeat(40)),
+                len: 5000
+            }
+        );
+        assert_eq!(
+            e.to_string(),
+            format!(
+                "channel id \"{}…\" is 5000 characters long; herald takes at most 4096",
+                "A".repeat(40)
+            )
+        );
+        // A character outside the alphabet is what is wrong with a long id that has one.
+        let e = ChannelId::parse(&format!("{id}!")).unwrap_err().to_string();
+        assert!(e.contains("character '!' at position 5000"), "{e}");
+        assert!(e.len() < 300, "{e}");
     }
 
     #[test]

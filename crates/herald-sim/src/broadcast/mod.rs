@@ -5,7 +5,8 @@
 //! token in `authorization`) and answer every failure with `{"reason":…}` and `apns-request-id`.
 //!
 //! Checks, first failure wins:
-//! 1. a repeated `apns-*` header -> BadRequestParams; `apns-id` or `apns-request-id` not a UUID -> BadMessageId
+//! 1. a repeated `apns-*` header -> BadRequestParams; `apns-id` not a lowercase UUID or `apns-request-id` not a
+//!    UUID -> BadMessageId
 //! 2. a path of the other port or no path at all -> 404 BadPath; a method the path does not serve -> 405
 //!    MethodNotAllowed
 //! 3. authentication: certificate (BadCertificate, BadCertificateEnvironment) or token (MissingProviderToken,
@@ -13,7 +14,8 @@
 //! 4. the bundle id of the path with a push-type suffix (`.push-type.liveactivity`, `.voip`, …) -> TopicDisallowed;
 //!    a bundle id the certificate's topics or the token's key do not cover -> 403 TopicMismatch
 //! 5. the bundle id's broadcast capability off (scenario `broadcast_disabled`) -> FeatureNotEnabled
-//! 6. management: read and delete need `apns-channel-id` (MissingChannelId, BadChannelId, ChannelNotRegistered);
+//! 6. management: read and delete need `apns-channel-id` (MissingChannelId; BadChannelId for an id that is not
+//!    base64 or is too long, as [`ChannelId::parse`] judges it; ChannelNotRegistered);
 //!    create needs a JSON object body (BadRequestPayload) holding no attribute but `message-storage-policy` and
 //!    `push-type` (BadRequestParams), with `message-storage-policy` 0 or 1 (missing or any other value ->
 //!    MissingChannelQueueSize) and `push-type` `LiveActivity` (missing -> MissingPushType, other ->
@@ -62,7 +64,7 @@ pub(crate) use channels::ChannelStore;
 use crate::config::{AuthPolicy, Environment};
 use crate::h2::auth::topic_base;
 use crate::h2::io::{FrameControl, FrameIo, Injection};
-use crate::h2::request::ConnAuth;
+use crate::h2::request::{ConnAuth, apns_id_header_ok};
 use crate::h2::{ConnSettings, KeyRing};
 use crate::record::{DeliveryRecord, RecordProtocol, Recorder};
 use crate::registry::now_ms;
@@ -354,9 +356,11 @@ fn check_head(
     if has_duplicate_apns_header(h) {
         return Err(BroadcastReason::BadRequestParams);
     }
-    // docs/apns-protocol.md#broadcast: BadMessageId answers a bad `apns-id`; `apns-request-id` is held to the
-    // same form.
-    check_uuid_header(h, &APNS_ID)?;
+    // docs/apns-protocol.md#broadcast: BadMessageId answers a bad `apns-id`, which is a lowercase UUID as on the
+    // device port; `apns-request-id` is held to a UUID in either case.
+    if h.get(&APNS_ID).is_some_and(|v| !apns_id_header_ok(v)) {
+        return Err(BroadcastReason::BadMessageId);
+    }
     check_uuid_header(h, &APNS_REQUEST_ID)?;
     let path = parts.uri.path();
     let (bundle, kind) = match port {

@@ -5,7 +5,7 @@
 //! Requests are checked in this order, the first failure wins (docs/apns-protocol.md#simulator):
 //!
 //! 1. a repeated `apns-*` or `authorization` header -> DuplicateHeaders
-//! 2. `apns-id` not a UUID -> BadMessageId
+//! 2. `apns-id` not a canonical lowercase UUID -> BadMessageId
 //! 3. `:method` not POST -> 405 MethodNotAllowed
 //! 4. no `apns-topic` where one is required (token connections, certificates listing several topics) -> MissingTopic
 //! 5. `apns-collapse-id` over 64 bytes -> BadCollapseId (only its size: UTF-8 within 64 bytes passes)

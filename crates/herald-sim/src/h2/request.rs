@@ -120,11 +120,20 @@ fn names_push_type(named: PushType, is_bundle: Option<bool>) -> bool {
     two_labels || is_bundle == Some(false)
 }
 
+/// Whether `id` is an `apns-id` APNs takes: a canonical UUID in lowercase (docs/apns-protocol.md#http2, the
+/// `apns-id` header), where herald-apns's [`validate_apns_id`] also lets upper case through.
+pub(crate) fn is_canonical_apns_id(id: &str) -> bool {
+    validate_apns_id(id).is_ok() && !id.bytes().any(|b| b.is_ascii_uppercase())
+}
+
+/// Whether an `apns-id` header is one APNs takes ([`is_canonical_apns_id`]).
+pub(crate) fn apns_id_header_ok(v: &http::HeaderValue) -> bool {
+    v.to_str().is_ok_and(is_canonical_apns_id)
+}
+
 /// The echoed `apns-id`, if the request had a valid one.
 pub(crate) fn request_apns_id(h: &HeaderMap) -> Option<&http::HeaderValue> {
-    let v = h.get(&APNS_ID)?;
-    let s = v.to_str().ok()?;
-    validate_apns_id(s).ok().map(|_| v)
+    h.get(&APNS_ID).filter(|v| apns_id_header_ok(v))
 }
 
 /// Runs checks 1–12 on the request head. `keep`: copy the token and collapse id out (only the delivery record
@@ -141,7 +150,7 @@ pub(crate) fn check(
         return Err(Reason::DuplicateHeaders.into());
     }
     if let Some(id) = h.get(&APNS_ID)
-        && id.to_str().map_or(true, |s| validate_apns_id(s).is_err())
+        && !apns_id_header_ok(id)
     {
         return Err(Reason::BadMessageId.into());
     }
