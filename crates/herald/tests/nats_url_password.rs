@@ -131,7 +131,9 @@ fn the_user_and_password_of_the_nats_url_are_used() {
     let (_herald, err_path) = herald(dir.path(), port, "info");
     let text = text_with(&err_path, "created the JetStream consumer");
     assert!(
-        !text.to_ascii_lowercase().contains("authorization violation"),
+        !text
+            .to_ascii_lowercase()
+            .contains("authorization violation"),
         "{text}"
     );
 }
