@@ -294,25 +294,48 @@ fn partition_options() -> PartitionCreateOptions {
     PartitionCreateOptions::default().max_memtable_size(UNBOUNDED_MEMTABLE)
 }
 
-/// Raises the memtable size stored for partition `name` of the keyspace in `fjall_dir` to [`UNBOUNDED_MEMTABLE`],
-/// before the keyspace is opened: fjall keeps the size a partition was created with (16 MiB for one created by an
-/// earlier herald) and ignores the options it is opened with. Nothing to do when the partition does not exist yet or
-/// has that size already.
+/// Raises the memtable size stored for partition `name` of the spool's keyspace in `fjall_dir` (see
+/// [`raise_stored_memtable_size`]), saying so in the log.
+fn lift_memtable_limit(fjall_dir: &Path, name: &str) -> Result<(), SpoolError> {
+    let raised = raise_stored_memtable_size(
+        fjall_dir,
+        name,
+        "raising the memtable size of the spool store",
+    )?;
+    if let Some(path) = raised {
+        tracing::info!(
+            "spool: raised the memtable size stored in {} (memtables are sealed by herald at {} MiB)",
+            path.display(),
+            MEMTABLE_BYTES >> 20
+        );
+    }
+    Ok(())
+}
+
+/// Raises the memtable size stored for partition `name` of the keyspace in `keyspace_dir` to
+/// [`UNBOUNDED_MEMTABLE`], before the keyspace is opened: fjall keeps the size a partition was created with (16 MiB
+/// for one created by an earlier herald) and ignores the options it is opened with; having sealed a memtable itself,
+/// it would wait inside that write, with no end, while compaction is far behind. Returns the file it rewrote;
+/// `None` when the partition does not exist yet or has that size already. The spool's store and the outcome store
+/// both use it.
 ///
 /// The four bytes of the size are overwritten in place and synced: that takes no new room on a full disk, and a
 /// write torn by a crash still leaves a file fjall reads (any four bytes are a size), raised again at the next open.
-fn lift_memtable_limit(fjall_dir: &Path, name: &str) -> Result<(), SpoolError> {
-    const CTX: &str = "raising the memtable size of the spool store";
-    let path = fjall_dir.join("partitions").join(name).join("config");
+pub(crate) fn raise_stored_memtable_size(
+    keyspace_dir: &Path,
+    name: &str,
+    context: &'static str,
+) -> Result<Option<std::path::PathBuf>, SpoolError> {
+    let path = keyspace_dir.join("partitions").join(name).join("config");
     let bytes = match std::fs::read(&path) {
         Ok(bytes) => bytes,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-        Err(e) => return Err(config_error(CTX, &path, "cannot read", e)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(config_error(context, &path, "cannot read", e)),
     };
     let at = PARTITION_CONFIG_MEMTABLE_AT..PARTITION_CONFIG_MEMTABLE_AT + 4;
-    let Some(stored) = bytes.get(at.clone()) else {
+    let (Some(magic), Some(stored)) = (bytes.get(..4), bytes.get(at.clone())) else {
         return Err(SpoolError::Storage {
-            context: CTX,
+            context,
             detail: format!(
                 "{} holds {} bytes, too few for fjall's partition options",
                 path.display(),
@@ -321,13 +344,12 @@ fn lift_memtable_limit(fjall_dir: &Path, name: &str) -> Result<(), SpoolError> {
             temporary: false,
         });
     };
-    if bytes[..4] != PARTITION_CONFIG_MAGIC {
+    if magic != PARTITION_CONFIG_MAGIC {
         return Err(SpoolError::Storage {
-            context: CTX,
+            context,
             detail: format!(
-                "{} does not start with the magic of fjall 2's partition options ({:02x?} instead of {:02x?})",
+                "{} does not start with the magic of fjall 2's partition options ({magic:02x?} instead of {:02x?})",
                 path.display(),
-                &bytes[..4],
                 PARTITION_CONFIG_MAGIC
             ),
             temporary: false,
@@ -335,7 +357,7 @@ fn lift_memtable_limit(fjall_dir: &Path, name: &str) -> Result<(), SpoolError> {
     }
     let unbounded = UNBOUNDED_MEMTABLE.to_be_bytes();
     if stored == unbounded {
-        return Ok(());
+        return Ok(None);
     }
     let written = std::fs::OpenOptions::new()
         .write(true)
@@ -344,13 +366,8 @@ fn lift_memtable_limit(fjall_dir: &Path, name: &str) -> Result<(), SpoolError> {
             file.write_all_at(&unbounded, at.start as u64)?;
             file.sync_all()
         });
-    written.map_err(|e| config_error(CTX, &path, "cannot write", e))?;
-    tracing::info!(
-        "spool: raised the memtable size stored in {} (memtables are sealed by herald at {} MiB)",
-        path.display(),
-        MEMTABLE_BYTES >> 20
-    );
-    Ok(())
+    written.map_err(|e| config_error(context, &path, "cannot write", e))?;
+    Ok(Some(path))
 }
 
 /// An I/O error on fjall's file `path`: a full disk as such, anything else with the file named.

@@ -15,7 +15,6 @@
 //! is made, while flushes or compactions are behind, for at most [`STALL_WAIT`], and fails at once when the store
 //! refuses writes (a flush or compaction that failed for want of room stops fjall's worker for good).
 
-use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -23,7 +22,7 @@ use std::time::{Duration, Instant};
 use fjall::{AbstractTree, Keyspace, PartitionHandle, PersistMode};
 
 use crate::error::SpoolError;
-use crate::fjall_engine::{LEVEL0_RUNS, UNBOUNDED_MEMTABLE, WRITE_BUFFER_BYTES};
+use crate::fjall_engine::{LEVEL0_RUNS, WRITE_BUFFER_BYTES};
 
 /// The memory tables are sealed together once they hold this many bytes between them (fjall's default memtable
 /// size): the journal written meanwhile is about as large.
@@ -37,11 +36,6 @@ pub const JOURNAL_FILES: usize = 8;
 pub const STALL_WAIT: Duration = Duration::from_secs(5);
 /// How often a waiting write looks again.
 const STALL_POLL: Duration = Duration::from_millis(10);
-
-/// Where fjall 2 keeps a partition's options (`partitions/<name>/config` in the keyspace): `FJL` and format 2, the
-/// number of levels and the tree type (a byte each), then the memtable size (u32, big-endian), then the rest.
-const PARTITION_CONFIG_MAGIC: [u8; 4] = *b"FJL\x02";
-const PARTITION_CONFIG_MEMTABLE_AT: usize = 6;
 
 /// The bounds of [`Upkeep`]: the constants above, which tests make smaller.
 #[derive(Debug, Clone, Copy)]
@@ -156,76 +150,20 @@ impl Upkeep {
     }
 }
 
-/// Raises the memtable size stored for partition `name` of the keyspace in `keyspace_dir` to [`UNBOUNDED_MEMTABLE`],
-/// before the keyspace is opened: fjall keeps the size a partition was created with (16 MiB for one created by an
-/// earlier herald) and ignores the options it is opened with; having sealed a memtable itself, it would wait inside
-/// that write, with no end, while compaction is far behind. Nothing to do when the partition does not exist yet or
-/// has that size already.
-///
-/// The four bytes of the size are overwritten in place and synced: that takes no new room on a full disk, and a
-/// write torn by a crash still leaves a file fjall reads (any four bytes are a size), raised again at the next open.
+/// Raises the memtable size stored for partition `name` of the outcome store's keyspace in `keyspace_dir`
+/// ([`crate::fjall_engine::raise_stored_memtable_size`]), saying so in the log.
 pub(crate) fn lift_memtable_limit(
     keyspace_dir: &Path,
     name: &str,
     context: &'static str,
 ) -> Result<(), SpoolError> {
-    let path = keyspace_dir.join("partitions").join(name).join("config");
-    let bytes = match std::fs::read(&path) {
-        Ok(bytes) => bytes,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-        Err(e) => return Err(config_error(context, &path, "cannot read", e)),
-    };
-    let at = PARTITION_CONFIG_MEMTABLE_AT..PARTITION_CONFIG_MEMTABLE_AT + 4;
-    let (Some(magic), Some(stored)) = (bytes.get(..4), bytes.get(at.clone())) else {
-        return Err(SpoolError::Storage {
-            context,
-            detail: format!(
-                "{} holds {} bytes, too few for fjall's partition options",
-                path.display(),
-                bytes.len()
-            ),
-            temporary: false,
-        });
-    };
-    if magic != PARTITION_CONFIG_MAGIC {
-        return Err(SpoolError::Storage {
-            context,
-            detail: format!(
-                "{} does not start with the magic of fjall 2's partition options ({magic:02x?} instead of {:02x?})",
-                path.display(),
-                PARTITION_CONFIG_MAGIC
-            ),
-            temporary: false,
-        });
+    if let Some(path) =
+        crate::fjall_engine::raise_stored_memtable_size(keyspace_dir, name, context)?
+    {
+        tracing::info!(
+            "outcome store: raised the memtable size stored in {} (memtables are sealed by herald)",
+            path.display()
+        );
     }
-    let unbounded = UNBOUNDED_MEMTABLE.to_be_bytes();
-    if stored == unbounded {
-        return Ok(());
-    }
-    let written = std::fs::OpenOptions::new()
-        .write(true)
-        .open(&path)
-        .and_then(|file| {
-            file.write_all_at(&unbounded, at.start as u64)?;
-            file.sync_all()
-        });
-    written.map_err(|e| config_error(context, &path, "cannot write", e))?;
-    tracing::info!(
-        "outcome store: raised the memtable size stored in {} (memtables are sealed by herald)",
-        path.display()
-    );
     Ok(())
-}
-
-/// An I/O error on fjall's file `path`: a full disk as such, anything else with the file named.
-fn config_error(context: &'static str, path: &Path, what: &str, e: std::io::Error) -> SpoolError {
-    let detail = format!("{what} {}: {e}", path.display());
-    match SpoolError::from_io(context, e) {
-        full @ SpoolError::DiskFull { .. } => full,
-        _ => SpoolError::Storage {
-            context,
-            detail,
-            temporary: true,
-        },
-    }
 }
